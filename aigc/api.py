@@ -1,0 +1,193 @@
+"""The Python API: ``aigc.load(path)`` -> a model you can ``.generate(...)`` with.
+
+>>> import aigc
+>>> model = aigc.load("runs/tang-poems-gpt")          # a run folder or a model folder
+>>> model.generate("明月", n=2, max_new_tokens=64, seed=0)
+['明月...', '明月...']
+>>> for piece in model.stream("春风", seed=1):        # text as it is produced
+...     print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from aigc.config import SampleConfig, build_dataclass
+from aigc.data.tokenizer import Tokenizer
+from aigc.errors import AigcError
+from aigc.generate.engine import Engine
+from aigc.generate.sampling import SamplingParams
+from aigc.models import TEXT_FAMILIES, load_model_folder
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
+
+    Raises:
+        AigcError: a CUDA device asked for on a machine without one.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AigcError(f"device = {name!r} but no CUDA device is available (use 'auto' or 'cpu')")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AigcError(f"device = {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """A model folder itself, or the latest checkpoint of a run folder.
+
+    Raises:
+        AigcError: the path does not exist, or holds neither a model nor a checkpoint.
+    """
+    from aigc.train.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise AigcError(f"{path}: no such run or model folder")
+    if (path / "config.json").is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise AigcError(f"{path}: run folder has no complete checkpoint yet")
+        return ckpt
+    raise AigcError(f"{path}: neither a model folder (config.json) nor a run folder (checkpoints/)")
+
+
+class TextModel:
+    """A loaded text model with its tokenizer and default generation parameters.
+
+    Attributes:
+        model: the ``nn.Module`` (``gpt`` or ``lstm``) in eval mode.
+        tokenizer: its :class:`~aigc.data.tokenizer.Tokenizer`.
+        defaults: :class:`~aigc.config.SampleConfig` read from generation_config.json.
+        folder: the model folder it was loaded from.
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer, defaults: SampleConfig, folder: Path):
+        self.model, self.tokenizer, self.defaults, self.folder = model, tokenizer, defaults, folder
+        self.engine = Engine(model)
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    def _settings(self, overrides: dict) -> SampleConfig:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        cfg = dataclasses.replace(self.defaults, **given)
+        cfg.validate()
+        return cfg
+
+    def prompt_ids(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """``<eot>`` + the prompt's ids, cropped from the left to fit the context (with a warning).
+
+        Raises:
+            AigcError: a character the tokenizer cannot encode.
+        """
+        ids = [self.tokenizer.eot_id] + self.tokenizer.encode(prompt, "prompt")
+        limit = self.model.context_length
+        if limit is not None and len(ids) > limit - 1:
+            warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({limit}); "
+                          f"keeping its last {limit - 1} tokens", stacklevel=3)
+            ids = ids[-(limit - 1):]
+        return ids
+
+    def stream_batch(self, prompt: str, n: int = 1, seed: int | None = None, **settings) -> Iterator[list[str]]:
+        """Generate ``n`` samples together; yield, per step, the new text of each sample.
+
+        Settings (each defaults to generation_config.json): max_new_tokens, temperature,
+        top_k, top_p, repetition_penalty, stop (list of strings), stop_at_document_end,
+        plus presence_penalty and frequency_penalty. A sample ends at a stop string
+        (not included), at the document-boundary token, or after max_new_tokens.
+        """
+        presence = settings.pop("presence_penalty", 0.0) or 0.0
+        frequency = settings.pop("frequency_penalty", 0.0) or 0.0
+        cfg = self._settings(settings)
+        params = SamplingParams(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, presence, frequency)
+        ids = self.prompt_ids(prompt, cfg.max_new_tokens)
+        tokens = [[] for _ in range(n)]
+        emitted = [0] * n  # characters of each sample already yielded
+        done = [False] * n
+        hold = max((len(s) for s in cfg.stop), default=1) - 1  # text that could still start a stop string
+        steps = self.engine.generate(ids, n, cfg.max_new_tokens, params, seed)
+        try:
+            for step, nxt in enumerate(steps):
+                pieces = [""] * n
+                for i, tok in enumerate(nxt.tolist()):
+                    if done[i]:
+                        continue
+                    last = step == cfg.max_new_tokens - 1
+                    if tok == self.tokenizer.eot_id and cfg.stop_at_document_end:
+                        done[i] = True
+                        text = self.tokenizer.decode(tokens[i])
+                    else:
+                        tokens[i].append(tok)
+                        text = self.tokenizer.decode(tokens[i])
+                        cut = min((text.find(s) for s in cfg.stop if s in text), default=-1)
+                        if cut >= 0:
+                            text, done[i] = text[:cut], True
+                        done[i] = done[i] or last
+                    if done[i]:
+                        safe = len(text)
+                    else:
+                        safe = len(text) - hold
+                        while safe > emitted[i] and text[safe - 1] == "\ufffd":  # an incomplete UTF-8 sequence
+                            safe -= 1
+                    if safe > emitted[i]:
+                        pieces[i] = text[emitted[i]:safe]
+                        emitted[i] = safe
+                yield pieces
+                if all(done):
+                    break
+        finally:
+            steps.close()
+
+    def stream(self, prompt: str, seed: int | None = None, **settings) -> Iterator[str]:
+        """Generate one sample and yield its text piece by piece as tokens arrive (prompt not included)."""
+        for pieces in self.stream_batch(prompt, 1, seed, **settings):
+            if pieces[0]:
+                yield pieces[0]
+
+    def generate(self, prompt: str, n: int = 1, seed: int | None = None, include_prompt: bool = True,
+                 **settings) -> list[str]:
+        """``n`` samples continuing ``prompt``, each a string (with the prompt in front by default).
+
+        See :meth:`stream_batch` for the settings. Raises :class:`AigcError` on a prompt the
+        tokenizer cannot encode or a setting out of range.
+        """
+        texts = [""] * n
+        for pieces in self.stream_batch(prompt, n, seed, **settings):
+            texts = [t + p for t, p in zip(texts, pieces)]
+        return [prompt + t if include_prompt else t for t in texts]
+
+
+def load(path: str | Path, device: str = "auto") -> TextModel:
+    """Load a text model from a model folder or a run folder (its latest checkpoint).
+
+    Raises:
+        AigcError: not a model or run folder, another model family, or missing/corrupt files.
+    """
+    folder = resolve_model_folder(path)
+    model = load_model_folder(folder, pick_device(device), families=TEXT_FAMILIES)
+    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise AigcError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                        f"{model.config.vocab_size}")
+    defaults = SampleConfig()
+    gen_path = folder / "generation_config.json"
+    if gen_path.is_file():
+        try:
+            raw = json.loads(gen_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise AigcError(f"{gen_path}: corrupt generation_config.json") from None
+        defaults = build_dataclass(SampleConfig, raw, "sample", str(gen_path))
+    return TextModel(model, tokenizer, defaults, folder)

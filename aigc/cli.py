@@ -1,0 +1,275 @@
+"""The `aigc` command: prepare, train, sample, eval, data.
+
+Every verb is a function ``cmd_<verb>(args)``; :func:`main` turns an
+:class:`~aigc.errors.AigcError` into ``error: <one line>`` on stderr and exit
+status 2, and Ctrl-C into status 130, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from aigc.errors import AigcError
+
+
+def _threads(n: int = 0) -> None:
+    """Use ``n`` CPU threads (0 = every core this process may use)."""
+    import torch
+
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n or avail)
+
+
+def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    overrides = []
+    for item in extra:
+        if item.startswith("--") and "." in item.split("=", 1)[0] and "=" in item:
+            overrides.append(item)
+        else:
+            parser.error(f"unrecognized argument {item!r} (config overrides look like --train.lr=3e-4)")
+    return overrides
+
+
+# ---------------------------------------------------------------- prepare
+def cmd_prepare(args, overrides: list[str]) -> int:
+    from aigc.config import DataConfig, build_dataclass, config_from_dict, parse_override, read_toml
+    from aigc.data.shards import TokenData, prepare
+
+    if args.config:
+        data = config_from_dict(read_toml(args.config), args.config, overrides).data
+    else:
+        raw = {}
+        for text in overrides:
+            section, key, value = parse_override(text)
+            if section != "data":
+                raise AigcError(f"override {text!r}: without a config file only --data.* keys apply")
+            raw[key] = value
+        data = build_dataclass(DataConfig, raw, "data", "command line")
+    for flag in ("dataset", "source", "tokenizer", "vocab_size", "field", "separator", "glob"):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(data, flag, value)
+    data.validate()
+    folder = prepare(data, args.out, progress=not args.quiet)
+    meta = TokenData(folder).meta
+    s = meta["splits"]
+    print(f"prepared {folder}: {meta['tokenizer']} tokenizer, vocabulary {meta['vocab_size']:,}, {meta['dtype']}")
+    for name in ("train", "val"):
+        print(f"  {name:5s} {s[name]['documents']:>9,} documents {s[name]['tokens']:>12,} tokens "
+              f"{s[name]['characters']:>12,} characters")
+    return 0
+
+
+# ---------------------------------------------------------------- train
+def cmd_train(args, overrides: list[str]) -> int:
+    from aigc.config import load_config
+    from aigc.train.loop import resolve_resume_config, train
+
+    target = Path(args.config)
+    if target.is_dir():
+        if not args.resume:
+            raise AigcError(f"{target} is a folder: to continue a run pass --resume, to start one pass a .toml config")
+        cfg = resolve_resume_config(target, overrides)
+    else:
+        cfg = load_config(target, overrides)
+    _threads(cfg.train.threads)
+    run_dir = train(cfg, resume=args.resume, progress=not args.quiet, argv=sys.argv)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------- sample
+def _settings(args) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+            "stop": args.stop if args.stop else None}
+
+
+def cmd_sample(args, overrides: list[str]) -> int:
+    import aigc
+
+    _threads(args.threads)
+    model = aigc.load(args.model, device=args.device)
+    if args.n < 1:
+        raise AigcError(f"--n {args.n}: expected at least 1 sample")
+    seed = args.seed
+    for i in range(args.n):
+        if args.n > 1:
+            print(f"--- sample {i + 1}/{args.n}", flush=True)
+        print(args.prompt, end="", flush=True)
+        for piece in model.stream(args.prompt, seed=None if seed is None else seed + i, **_settings(args)):
+            print(piece, end="", flush=True)
+        print(flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(args, overrides: list[str]) -> int:
+    import aigc
+    from aigc.atomic import write_json
+    from aigc.config import load_config, read_toml, config_from_dict
+    from aigc.evaluate.text import diversity_metrics, heldout_metrics
+    from aigc.train.loop import ensure_prepared
+
+    _threads(args.threads)
+    model = aigc.load(args.model, device=args.device)
+    run_dir = _run_of(Path(args.model), model.folder)
+    if args.config:
+        cfg = load_config(args.config, overrides)
+    elif run_dir is not None:
+        cfg = config_from_dict(read_toml(run_dir / "config.toml"), str(run_dir / "config.toml"), overrides)
+    else:
+        raise AigcError(f"{args.model}: a model folder outside a run; pass --config with the [data] to score on")
+    data = ensure_prepared(cfg)
+    if data.tokenizer.tk.get_vocab() != model.tokenizer.tk.get_vocab():
+        raise AigcError(f"the model's tokenizer differs from the one of {data.folder}; evaluate on data "
+                        "prepared with the model's tokenizer")
+    results = {"model": str(model.folder), "family": model.family, "data": str(data.folder)}
+    results.update(heldout_metrics(model.model, data, args.max_tokens, progress=not args.quiet))
+    samples = []
+    settings = {"max_new_tokens": args.max_new_tokens}
+    for i in range(args.samples):
+        text = model.generate(args.prompt, n=1, seed=args.seed + i, include_prompt=False, **settings)[0]
+        samples.append(model.tokenizer.encode(text, "sample") if text else [])
+    results.update(diversity_metrics(samples))
+    results.update({"samples": args.samples, "sample_max_new_tokens": args.max_new_tokens,
+                    "sample_settings": dataclasses.asdict(model.defaults), "seed": args.seed})
+    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
+    write_json(out, results)
+    rows = [("val loss (nats/token)", results["val_loss"]), ("val perplexity", results["val_perplexity"]),
+            ("val bits per character", results["val_bpc"]), ("val tokens scored", results["val_tokens_scored"]),
+            (f"distinct-1 ({args.samples} samples)", results["distinct_1"]),
+            ("distinct-2", results["distinct_2"]), ("repeated 4-gram share", results["repeated_4gram_share"])]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':<{width}}  value")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:,}" if isinstance(value, int) else f"{name:<{width}}  {value:.4f}")
+    print(f"written to {out}")
+    return 0
+
+
+def _run_of(path: Path, model_folder: Path) -> Path | None:
+    """The run folder a model belongs to, if any (RUN/ or RUN/checkpoints/step-N/)."""
+    for candidate in (path, model_folder.parent.parent):
+        if (candidate / "config.toml").is_file() and (candidate / "checkpoints").is_dir():
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------- data
+def cmd_data(args, overrides: list[str]) -> int:
+    from aigc.data.sources import DATASETS
+
+    for name, spec in DATASETS.items():
+        present = "ok" if spec["path"].is_file() else "missing"
+        print(f"{name:14s} [{present}] {spec['description']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aigc", description="Train generative models on your data, "
+                                     "generate new content, measure it.")
+    from aigc import __version__
+
+    parser.add_argument("--version", action="version", version=f"aigc {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("prepare", help="corpus -> tokenizer + train/val token shards",
+                       description="Read a corpus, build a tokenizer, write train/val token shards. "
+                       "Config keys can be overridden with --data.key=value.")
+    p.add_argument("config", nargs="?", help="a run config TOML whose [data] section to use")
+    p.add_argument("--dataset", help="a named dataset (see `aigc data list`), e.g. tang-poems")
+    p.add_argument("--source", help="a .txt or .jsonl file, or a directory")
+    p.add_argument("--tokenizer", choices=["char", "bpe"], help="character-level or byte-level BPE")
+    p.add_argument("--vocab-size", dest="vocab_size", type=int, help="BPE vocabulary size")
+    p.add_argument("--field", help="the JSON field holding the text (.jsonl)")
+    p.add_argument("--separator", help="a line equal to this separates documents (.txt); default: one per line")
+    p.add_argument("--glob", help="files to read from a directory, e.g. '**/*.txt'")
+    p.add_argument("--out", help="output folder (default: data.prepared_dir or prepared/NAME-TOKENIZER)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model from a TOML config",
+                       description="Train a model. Any config key can be overridden: --section.key=value "
+                       "(e.g. --train.max_steps=500 --model.n_layer=4).")
+    p.add_argument("config", help="a run config .toml, or a run folder with --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    def generation_flags(p, with_prompt=True):
+        if with_prompt:
+            p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="tokens to generate at most")
+        p.add_argument("--temperature", type=float, help="softmax temperature; 0 = greedy")
+        p.add_argument("--top-k", dest="top_k", type=int, help="sample among the k most likely tokens (0 = off)")
+        p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass in (0, 1] (1 = off)")
+        p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
+                       help="divide logits of tokens already present by this (1 = off)")
+        p.add_argument("--stop", action="append", help="stop when this string appears (repeatable)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+
+    p = sub.add_parser("sample", help="generate text from a run or model folder",
+                       description="Generate text; tokens stream to the terminal as they are produced. "
+                       "Unset parameters come from the model's generation_config.json.")
+    p.add_argument("model", help="a run folder (its latest checkpoint) or a model folder")
+    generation_flags(p)
+    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument("--seed", type=int, help="random seed (sample i uses seed + i)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="perplexity, bits per character and sample diversity",
+                       description="Score the val split (perplexity, bits per character) and the diversity of "
+                       "generated samples (distinct-1/2, repeated 4-grams); prints a table, writes JSON.")
+    p.add_argument("model", help="a run folder or a model folder")
+    p.add_argument("--config", help="a config whose [data] to score on (default: the run's own)")
+    p.add_argument("--samples", type=int, default=20, help="number of samples for the diversity metrics")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128, help="tokens per sample")
+    p.add_argument("--prompt", default="", help="prompt of the samples (default: a new document)")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=0,
+                   help="score at most this many val tokens (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
+    p.add_argument("--out", help="JSON output path (default: RUN/eval.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="list the named datasets", description="List the named datasets.")
+    p.add_argument("action", choices=["list"], help="what to do")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `aigc` command; return the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    sub_parser = parser._subparsers._group_actions[0].choices[args.verb]
+    overrides = _split_overrides(extra, sub_parser)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line_warning
+    try:
+        return args.func(args, overrides)
+    except AigcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

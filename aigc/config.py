@@ -1,0 +1,282 @@
+"""Run configuration: small dataclasses, read from TOML, overridden from the command line.
+
+A run config has four sections, each a dataclass below (``[model]`` is the config
+class of the chosen family, see :mod:`aigc.models`)::
+
+    [data]    where the corpus comes from and how it is tokenized   -> DataConfig
+    [model]   family = "gpt" | "lstm" and its architecture          -> GPTConfig / LSTMConfig
+    [train]   optimizer, schedule, run folder                        -> TrainConfig
+    [sample]  default generation parameters                          -> SampleConfig
+
+Every key has a default except ``model.family``. Unknown keys are errors (a typo
+must not silently fall back to a default). The resolved config, with every default
+written out, is saved as ``config.toml`` in the run folder and is enough to repeat
+the run.
+
+Overrides use ``--section.key=value``; the value is read as a TOML value when it
+parses (``3e-4``, ``true``, ``"text"``) and as a plain string otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from aigc.errors import AigcError
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token shards.
+
+    ``dataset`` is a named dataset (``tang-poems``) or empty; ``source`` is a path
+    to a ``.txt`` file, a ``.jsonl`` file or a directory (files matched by ``glob``).
+    """
+
+    dataset: str = ""  # a named dataset (aigc data list), or "" to use `source`
+    source: str = ""  # path to a .txt / .jsonl file or a directory
+    format: str = "auto"  # auto | txt | jsonl | dir
+    field: str = "text"  # the JSON field holding the document, for .jsonl
+    separator: str = ""  # txt: a line equal to this separates documents; "" = one document per line
+    glob: str = "**/*.txt"  # dir: which files to read, relative to the directory
+    whole_file: bool = False  # txt/dir: each file is one document (for code, say)
+    tokenizer: str = "char"  # char | bpe (byte-level BPE)
+    vocab_size: int = 8192  # bpe only: target vocabulary size, special tokens included
+    val_fraction: float = 0.05  # share of documents held out for validation
+    split_seed: int = 1234  # seed of the document-level train/val split
+    prepared_dir: str = ""  # where `aigc prepare` writes shards; "" = prepared/<name>-<tokenizer>
+
+    def validate(self) -> None:
+        if not self.dataset and not self.source:
+            raise AigcError("config key data.dataset or data.source must be set (a named dataset or a path)")
+        if self.format not in ("auto", "txt", "jsonl", "dir"):
+            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir")
+        if self.tokenizer not in ("char", "bpe"):
+            raise AigcError(f"data.tokenizer = {self.tokenizer!r}: expected 'char' or 'bpe'")
+        if self.tokenizer == "bpe" and self.vocab_size < 260:
+            raise AigcError(f"data.vocab_size = {self.vocab_size}: byte-level BPE needs at least 260 (256 bytes + specials)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise AigcError(f"data.val_fraction = {self.val_fraction}: expected a number between 0 and 1")
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule, evaluation and checkpointing of a training run.
+
+    The learning rate warms up linearly for ``warmup_steps`` steps, then decays
+    with a cosine to ``min_lr`` at ``max_steps`` (Loshchilov & Hutter 2017). With
+    ``max_minutes`` > 0 the run also stops at that wall time, and the schedule
+    follows whichever of steps or time is further along.
+    """
+
+    out_dir: str = "runs/run"  # the run folder
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; float16 only on CUDA)
+    threads: int = 0  # torch CPU threads; 0 = all available cores
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 2000  # optimizer steps
+    max_minutes: float = 0.0  # stop after this wall time (0 = no limit)
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # learning rate at the end of the cosine
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # AdamW decay on matrices; none on biases, norms, embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    eval_interval: int = 250  # steps between evaluations on val
+    eval_batches: int = 20  # micro-batches per evaluation
+    log_interval: int = 10  # steps between metric lines
+    checkpoint_interval: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    init_from: str = ""  # a model folder to start from instead of random weights
+
+    def validate(self) -> None:
+        positive = ["batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
+                    "log_interval", "checkpoint_interval", "keep_checkpoints"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise AigcError(f"train.{name} = {getattr(self, name)}: expected a positive integer")
+        if not self.lr > 0:
+            raise AigcError(f"train.lr = {self.lr}: the learning rate must be positive")
+        if not 0 <= self.min_lr <= self.lr:
+            raise AigcError(f"train.min_lr = {self.min_lr}: expected 0 <= min_lr <= lr ({self.lr})")
+        for name in ("warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise AigcError(f"train.{name} = {getattr(self, name)}: expected 0 or more")
+        for name in ("weight_decay", "grad_clip", "max_minutes"):
+            if getattr(self, name) < 0:
+                raise AigcError(f"train.{name} = {getattr(self, name)}: expected 0 or more")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise AigcError(f"train.{name} = {getattr(self, name)}: expected a number in [0, 1)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise AigcError(f"train.dtype = {self.dtype!r}: expected float32, bfloat16 or float16")
+
+
+@dataclass
+class SampleConfig:
+    """Default generation parameters (saved as generation_config.json in a model folder)."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    top_p: float = 0.95  # nucleus sampling: smallest set with this probability mass (1 = off)
+    repetition_penalty: float = 1.0  # CTRL-style penalty on tokens already present (1 = off)
+    stop: list[str] = field(default_factory=list)  # stop strings, not included in the output
+    stop_at_document_end: bool = True  # stop when the model emits the document-boundary token
+    prompts: list[str] = field(default_factory=list)  # prompts the demo prints samples for
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise AigcError(f"max_new_tokens = {self.max_new_tokens}: expected a positive integer")
+        if self.temperature < 0:
+            raise AigcError(f"temperature = {self.temperature}: expected 0 (greedy) or more")
+        if self.top_k < 0:
+            raise AigcError(f"top_k = {self.top_k}: expected 0 (off) or more")
+        if not 0 < self.top_p <= 1:
+            raise AigcError(f"top_p = {self.top_p}: expected a number in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise AigcError(f"repetition_penalty = {self.repetition_penalty}: expected a positive number (1 = off)")
+
+
+@dataclass
+class RunConfig:
+    """The whole config of a run: data, model (a family's config), train, sample."""
+
+    data: DataConfig
+    model: typing.Any  # the family's config dataclass, e.g. GPTConfig
+    train: TrainConfig
+    sample: SampleConfig
+
+    def to_dict(self) -> dict:
+        from aigc.models import family_of
+
+        model = {"family": family_of(self.model), **dataclasses.asdict(self.model)}
+        return {"data": dataclasses.asdict(self.data), "model": model,
+                "train": dataclasses.asdict(self.train), "sample": dataclasses.asdict(self.sample)}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        self.sample.validate()
+
+
+def _type_ok(value, annotation) -> bool:
+    """Is ``value`` (from TOML) acceptable for a dataclass field of type ``annotation``?"""
+    if annotation in ("bool", bool):
+        return isinstance(value, bool)
+    if annotation in ("int", int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in ("float", float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in ("str", str):
+        return isinstance(value, str)
+    if isinstance(annotation, str) and annotation.startswith("list[str]"):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return True
+
+
+def build_dataclass(cls, values: dict, section: str, source: str):
+    """Build ``cls`` from a dict, rejecting unknown keys and wrong types.
+
+    Raises:
+        AigcError: naming ``section.key`` and ``source`` for an unknown key or a
+            value of the wrong type.
+    """
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise AigcError(f"{source}: unknown config key '{section}.{key}' (known keys: {', '.join(known)})")
+        annotation = known[key].type
+        if not _type_ok(value, annotation):
+            raise AigcError(f"{source}: config key '{section}.{key}' = {value!r}: expected a value of type {annotation}")
+        if annotation in ("float", float) and isinstance(value, int):
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """Parse ``section.key=value`` (leading dashes allowed) into (section, key, value)."""
+    body = text.lstrip("-")
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise AigcError(f"override {text!r}: expected --section.key=value, e.g. --train.lr=3e-4")
+    dotted, raw = body.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def read_toml(path: str | Path) -> dict:
+    """Read a TOML file; a missing or malformed file is an :class:`AigcError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise AigcError(f"{path}: config file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise AigcError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise AigcError(f"{path}: invalid TOML: {e}") from None
+
+
+def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = ()) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a parsed TOML dict plus overrides.
+
+    Raises:
+        AigcError: unknown section or key, wrong type, missing ``model.family``,
+            or a value out of range.
+    """
+    from aigc.models import config_class
+
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise AigcError(f"override {text!r}: '{section}' is not a config section")
+        raw[section][key] = value
+    sections = {"data", "model", "train", "sample"}
+    for name, value in raw.items():
+        if name not in sections:
+            raise AigcError(f"{source}: unknown config section '{name}' (known: data, model, train, sample)")
+        if not isinstance(value, dict):
+            raise AigcError(f"{source}: '{name}' must be a [section] table")
+    model = dict(raw.get("model", {}))
+    if "family" not in model:
+        raise AigcError(f"{source}: missing config key 'model.family' (e.g. family = \"gpt\" or \"lstm\")")
+    family = model.pop("family")
+    cls = config_class(family)
+    cfg = RunConfig(
+        data=build_dataclass(DataConfig, raw.get("data", {}), "data", source),
+        model=build_dataclass(cls, model, "model", source),
+        train=build_dataclass(TrainConfig, raw.get("train", {}), "train", source),
+        sample=build_dataclass(SampleConfig, raw.get("sample", {}), "sample", source),
+    )
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a run config TOML file and apply ``--section.key=value`` overrides."""
+    return config_from_dict(read_toml(path), str(path), overrides)

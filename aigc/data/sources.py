@@ -1,0 +1,149 @@
+"""Text sources: turn a file, a directory or a named dataset into a list of documents.
+
+- ``.txt``: one document per non-empty line, or, with ``separator`` set, documents
+  separated by lines equal to it (``whole_file`` makes each file one document).
+- ``.jsonl``: one JSON object per line, the document in ``field``.
+- a directory: every file matching ``glob`` (sorted), each read as above.
+- a named dataset (:data:`DATASETS`): shipped with the package.
+
+Input must be UTF-8; invalid bytes, binary files and empty corpora are
+:class:`AigcError` naming the file (and byte offset or line).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+from pathlib import Path
+
+from aigc.config import DataConfig
+from aigc.errors import AigcError
+
+BUILTIN = Path(__file__).parent / "builtin"
+
+DATASETS = {
+    "tang-poems": {
+        "path": BUILTIN / "tang-poems.jsonl.xz",
+        "field": "text",
+        "description": "57k Tang poems (chinese-poetry, MIT), simplified characters, title + body per document",
+    },
+}
+
+
+def _decode(data: bytes, name: str) -> str:
+    nul = data.find(b"\x00", 0, 1 << 16)
+    if nul >= 0:
+        raise AigcError(f"{name}: looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AigcError(f"{name}: invalid UTF-8 at byte offset {e.start}") from None
+    return text.removeprefix("\ufeff")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed if it ends in .xz."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AigcError(f"{path}: cannot read ({e.strerror})") from None
+    if path.suffix == ".xz":
+        try:
+            data = lzma.decompress(data)
+        except lzma.LZMAError:
+            raise AigcError(f"{path}: not a valid .xz file") from None
+    return data
+
+
+def text_documents(text: str, separator: str = "", whole_file: bool = False) -> list[str]:
+    """Split text into documents: the whole text, lines, or blocks between separator lines."""
+    if whole_file:
+        return [text] if text.strip() else []
+    if not separator:
+        return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    docs, current = [], []
+    for line in text.split("\n"):
+        if line.rstrip("\r") == separator:
+            docs.append("\n".join(current).strip("\n"))
+            current = []
+        else:
+            current.append(line.rstrip("\r"))
+    docs.append("\n".join(current).strip("\n"))
+    return [d for d in docs if d.strip()]
+
+
+def jsonl_documents(text: str, field: str, name: str) -> list[str]:
+    """The ``field`` of each JSON line; a bad line or missing field names its line number."""
+    docs = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AigcError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or field not in obj:
+            raise AigcError(f"{name}:{lineno}: no field {field!r} (set data.field to the field holding the text)")
+        if not isinstance(obj[field], str):
+            raise AigcError(f"{name}:{lineno}: field {field!r} is {type(obj[field]).__name__}, expected a string")
+        if obj[field].strip():
+            docs.append(obj[field])
+    return docs
+
+
+def file_documents(path: Path, cfg: DataConfig, fmt: str | None = None) -> list[str]:
+    """Documents of one file, by ``fmt`` or by its extension (.jsonl -> jsonl, else txt)."""
+    name = str(path)
+    text = _decode(read_bytes(path), name)
+    stem = path.name.removesuffix(".xz")
+    if (fmt or ("jsonl" if stem.endswith(".jsonl") else "txt")) == "jsonl":
+        return jsonl_documents(text, cfg.field, name)
+    return text_documents(text, cfg.separator, cfg.whole_file)
+
+
+def source_name(cfg: DataConfig) -> str:
+    """A short name for the corpus: the dataset name or the source file's stem."""
+    if cfg.dataset:
+        return cfg.dataset
+    return Path(cfg.source).name.split(".")[0] or "corpus"
+
+
+def read_documents(cfg: DataConfig, progress: bool = True) -> list[str]:
+    """All documents of the configured source, in a deterministic order.
+
+    Raises:
+        AigcError: unknown dataset, missing path, bad file (binary, invalid UTF-8,
+            bad JSON line), no matching files, or no documents at all.
+    """
+    if cfg.dataset:
+        if cfg.dataset not in DATASETS:
+            raise AigcError(f"unknown dataset {cfg.dataset!r} (known: {', '.join(DATASETS)})")
+        spec = DATASETS[cfg.dataset]
+        if not spec["path"].is_file():
+            raise AigcError(f"{spec['path']}: the {cfg.dataset} data file is missing from the package; "
+                            "rebuild it with scripts/build_tang_poems.py")
+        docs = jsonl_documents(_decode(read_bytes(spec["path"]), str(spec["path"])), spec["field"],
+                               str(spec["path"]))
+        where = cfg.dataset
+    else:
+        path = Path(cfg.source)
+        if not path.exists():
+            raise AigcError(f"{path}: no such file or directory")
+        fmt = cfg.format if cfg.format != "auto" else ("dir" if path.is_dir() else None)
+        if fmt == "dir" or path.is_dir():
+            if not path.is_dir():
+                raise AigcError(f"{path}: data.format = 'dir' but this is not a directory")
+            files = sorted(p for p in path.glob(cfg.glob) if p.is_file())
+            if not files:
+                raise AigcError(f"{path}: no files match data.glob = {cfg.glob!r}")
+            from tqdm import tqdm
+
+            docs = []
+            for f in tqdm(files, desc="reading", unit="file", disable=not progress or len(files) < 50):
+                docs.extend(file_documents(f, cfg))
+        else:
+            docs = file_documents(path, cfg, fmt)
+        where = str(path)
+    if not docs:
+        raise AigcError(f"{where}: the corpus is empty (no non-blank documents)")
+    return docs
