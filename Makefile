@@ -21,9 +21,10 @@ install: $(BIN)/aigc
 # Train a GPT on the embedded Tang poems for about five minutes, then write four poems per prompt.
 demo: install
 	$(BIN)/aigc train configs/tang-poems-gpt.toml --train.out_dir=$(RUN)
-	@for p in $(PROMPTS); do \
+	@seed=0; for p in $(PROMPTS); do \
 		echo; echo "=== $$p"; \
-		$(BIN)/aigc sample $(RUN) --prompt $$p --n 4 --seed 0 || exit 1; \
+		$(BIN)/aigc sample $(RUN) --prompt $$p --n 4 --seed $$seed || exit 1; \
+		seed=$$((seed + 100)); \
 	done
 	@echo; echo "run folder: $(RUN) (loss curves in $(RUN)/loss.png)"
 
