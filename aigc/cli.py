@@ -59,7 +59,7 @@ def cmd_prepare(args, overrides: list[str]) -> int:
     folder = prepare(data, args.out, progress=not args.quiet)
     meta = TokenData(folder).meta
     s = meta["splits"]
-    print(f"prepared {folder}: {meta['tokenizer']} tokenizer, vocabulary {meta['vocab_size']:,}, {meta['dtype']}")
+    print(f"wrote {folder}: {meta['tokenizer']} tokenizer, vocabulary {meta['vocab_size']:,}, {meta['dtype']}")
     for name in ("train", "val"):
         print(f"  {name:5s} {s[name]['documents']:>9,} documents {s[name]['tokens']:>12,} tokens "
               f"{s[name]['characters']:>12,} characters")
@@ -98,6 +98,7 @@ def cmd_sample(args, overrides: list[str]) -> int:
     model = aigc.load(args.model, device=args.device)
     if args.n < 1:
         raise AigcError(f"--n {args.n}: expected at least 1 sample")
+    model.tokenizer.check_text(args.prompt)  # fail before printing anything
     seed = args.seed
     for i in range(args.n):
         if args.n > 1:
@@ -126,7 +127,7 @@ def cmd_eval(args, overrides: list[str]) -> int:
         cfg = config_from_dict(read_toml(run_dir / "config.toml"), str(run_dir / "config.toml"), overrides)
     else:
         raise AigcError(f"{args.model}: a model folder outside a run; pass --config with the [data] to score on")
-    data = ensure_prepared(cfg)
+    data = ensure_prepared(cfg, progress=not args.quiet)
     if data.tokenizer.tk.get_vocab() != model.tokenizer.tk.get_vocab():
         raise AigcError(f"the model's tokenizer differs from the one of {data.folder}; evaluate on data "
                         "prepared with the model's tokenizer")
@@ -139,7 +140,7 @@ def cmd_eval(args, overrides: list[str]) -> int:
         samples.append(model.tokenizer.encode(text, "sample") if text else [])
     results.update(diversity_metrics(samples))
     results.update({"samples": args.samples, "sample_max_new_tokens": args.max_new_tokens,
-                    "sample_settings": dataclasses.asdict(model.defaults), "seed": args.seed})
+                    "sample_settings": {**dataclasses.asdict(model.defaults), **settings}, "seed": args.seed})
     out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
     write_json(out, results)
     rows = [("val loss (nats/token)", results["val_loss"]), ("val perplexity", results["val_perplexity"]),
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     def generation_flags(p, with_prompt=True):
         if with_prompt:
             p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="tokens to generate at most")
+        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
+                       help="tokens to generate at most (default: the model's generation_config.json)")
         p.add_argument("--temperature", type=float, help="softmax temperature; 0 = greedy")
         p.add_argument("--top-k", dest="top_k", type=int, help="sample among the k most likely tokens (0 = off)")
         p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass in (0, 1] (1 = off)")
@@ -221,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Unset parameters come from the model's generation_config.json.")
     p.add_argument("model", help="a run folder (its latest checkpoint) or a model folder")
     generation_flags(p)
-    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument("--n", type=int, default=1, help="number of samples (default: 1)")
     p.add_argument("--seed", type=int, help="random seed (sample i uses seed + i)")
     p.set_defaults(func=cmd_sample)
 
@@ -230,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "generated samples (distinct-1/2, repeated 4-grams); prints a table, writes JSON.")
     p.add_argument("model", help="a run folder or a model folder")
     p.add_argument("--config", help="a config whose [data] to score on (default: the run's own)")
-    p.add_argument("--samples", type=int, default=20, help="number of samples for the diversity metrics")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128, help="tokens per sample")
+    p.add_argument("--samples", type=int, default=20, help="number of samples for the diversity metrics (default: 20)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128,
+                   help="tokens per sample (default: 128)")
     p.add_argument("--prompt", default="", help="prompt of the samples (default: a new document)")
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=0,
                    help="score at most this many val tokens (0 = all)")
@@ -269,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # permissions, full disk, ...: name the file, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise AigcError(f"train.{name} = {getattr(self, name)}: expected 0 or more")
         for name in ("weight_decay", "grad_clip", "max_minutes"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # also rejects NaN
                 raise AigcError(f"train.{name} = {getattr(self, name)}: expected 0 or more")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
@@ -141,13 +141,13 @@ class SampleConfig:
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise AigcError(f"max_new_tokens = {self.max_new_tokens}: expected a positive integer")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also rejects NaN
             raise AigcError(f"temperature = {self.temperature}: expected 0 (greedy) or more")
         if self.top_k < 0:
             raise AigcError(f"top_k = {self.top_k}: expected 0 (off) or more")
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # also rejects NaN
             raise AigcError(f"top_p = {self.top_p}: expected a number in (0, 1]")
-        if self.repetition_penalty <= 0:
+        if not self.repetition_penalty > 0:
             raise AigcError(f"repetition_penalty = {self.repetition_penalty}: expected a positive number (1 = off)")
 
 
@@ -252,6 +252,9 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
+        if section not in ("data", "model", "train", "sample"):
+            raise AigcError(f"command line: unknown config section '{section}' in {text!r} "
+                            "(known: data, model, train, sample)")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise AigcError(f"override {text!r}: '{section}' is not a config section")
@@ -267,6 +270,13 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
         raise AigcError(f"{source}: missing config key 'model.family' (e.g. family = \"gpt\" or \"lstm\")")
     family = model.pop("family")
     cls = config_class(family)
+    classes = {"data": DataConfig, "model": cls, "train": TrainConfig, "sample": SampleConfig}
+    for text in overrides:  # a typo on the command line is the command line's, not the file's
+        section, key, _ = parse_override(text)
+        known = [f.name for f in fields(classes[section])] + (["family"] if section == "model" else [])
+        if key not in known:
+            raise AigcError(f"command line: unknown config key '{section}.{key}' in {text!r} "
+                            f"(known keys: {', '.join(known)})")
     cfg = RunConfig(
         data=build_dataclass(DataConfig, raw.get("data", {}), "data", source),
         model=build_dataclass(cls, model, "model", source),

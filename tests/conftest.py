@@ -52,7 +52,7 @@ def tiny_config(tmp_path: Path, corpus: Path, family: str = "gpt", **train) -> P
     return path
 
 
-def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m aigc ARGS`` in a fresh process, as a user would."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     return subprocess.run([sys.executable, "-m", "aigc", *args], capture_output=True, text=True,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_config
 
-STEPS = 300
+STEPS = 120
 
 
 def final_weights(run: Path) -> dict:
@@ -27,7 +27,7 @@ def start(cfg: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> str:
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 600) -> str:
     pointer = run / "checkpoints" / "latest"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -39,7 +39,7 @@ def wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120)
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, small_corpus):
-    settings = dict(max_steps=STEPS, checkpoint_interval=60, eval_interval=100, batch_size=8, keep_checkpoints=2)
+    settings = dict(max_steps=STEPS, checkpoint_interval=30, eval_interval=40, batch_size=8, keep_checkpoints=2)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     straight = tiny_config(tmp_path / "a", small_corpus, **settings)
@@ -52,13 +52,13 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, small_corpus):
     assert proc.returncode == -signal.SIGKILL
     stopped_at = (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text().strip()
     assert stopped_at < f"step-{STEPS:06d}", "the run finished before it could be killed"
-    assert first >= "step-000060"
+    assert first >= "step-000030"
 
-    resumed = run_cli("train", str(tmp_path / "b" / "run"), "--resume", "--quiet")
+    resumed = run_cli("train", str(tmp_path / "b" / "run"), "--resume", "--quiet", timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
 
-    done = run_cli("train", str(straight), "--quiet")
+    done = run_cli("train", str(straight), "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr
 
     a, b = final_weights(tmp_path / "a" / "run"), final_weights(tmp_path / "b" / "run")
@@ -76,7 +76,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus):
     proc = start(cfg)
     wait_for_checkpoint(tmp_path / "run", proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "checkpoint written" in err

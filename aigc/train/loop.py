@@ -117,7 +117,7 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def ensure_prepared(cfg: RunConfig) -> TokenData:
+def ensure_prepared(cfg: RunConfig, progress: bool = True) -> TokenData:
     """The prepared shards for ``cfg.data``, preparing them first when missing or stale."""
     folder = default_prepared_dir(cfg.data)
     meta = folder / "meta.json"
@@ -130,7 +130,7 @@ def ensure_prepared(cfg: RunConfig) -> TokenData:
         if not stale:
             return TokenData(folder)
     print(f"preparing {folder} ...", file=sys.stderr)
-    prepare(cfg.data, folder)
+    prepare(cfg.data, folder, progress=progress)
     return TokenData(folder)
 
 
@@ -160,6 +160,8 @@ def estimate_loss(model, data: TokenData, cfg: RunConfig, device, split: str) ->
 def _open_run(cfg: RunConfig, resume: bool) -> tuple[Path, Path | None]:
     """Check the run folder: a new run needs an empty one; a resumed run needs a matching one."""
     run_dir = Path(cfg.train.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AigcError(f"{run_dir}: train.out_dir is a file, expected a folder for the run")
     holds_run = (run_dir / "config.toml").exists() or (run_dir / "checkpoints").exists()
     if not resume:
         if holds_run:
@@ -207,7 +209,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         AigcError: an existing run without ``resume``, a mismatched run with it, or bad data.
     """
     run_dir, ckpt = _open_run(cfg, resume)
-    data = ensure_prepared(cfg)
+    data = ensure_prepared(cfg, progress)
     tokenizer = data.tokenizer
     device = _pick(cfg.train.device)
     if cfg.train.threads:
@@ -293,6 +295,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         model.train()
 
     step = state["step"]
+    if ckpt is not None and step >= t.max_steps:
+        print(f"{run_dir}: already at step {step} of train.max_steps = {t.max_steps}; nothing to do "
+              f"(raise it to continue, e.g. --train.max_steps={2 * t.max_steps})", file=sys.stderr)
+        return run_dir
     start_time = time.time() - state["elapsed_s"]
     limit_s = t.max_minutes * 60
     bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress,
