@@ -34,6 +34,8 @@ def pick_device(name: str = "auto") -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise AigcError(f"device = {name!r}: expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AigcError(f"device = {name!r} but no CUDA device is available (use 'auto' or 'cpu')")
     try:

@@ -22,7 +22,11 @@ def _threads(n: int = 0) -> None:
     """Use ``n`` CPU threads (0 = every core this process may use)."""
     import torch
 
+    if n < 0:
+        raise AigcError(f"--threads {n}: expected 0 (all cores) or a positive number")
     avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n > (os.cpu_count() or 1):
+        raise AigcError(f"--threads {n}: this machine has {os.cpu_count()} cores (0 = all of them)")
     torch.set_num_threads(n or avail)
 
 
@@ -99,6 +103,7 @@ def cmd_sample(args, overrides: list[str]) -> int:
     if args.n < 1:
         raise AigcError(f"--n {args.n}: expected at least 1 sample")
     model.tokenizer.check_text(args.prompt)  # fail before printing anything
+    _check_seed(args.seed)
     seed = args.seed
     for i in range(args.n):
         if args.n > 1:
@@ -119,6 +124,11 @@ def cmd_eval(args, overrides: list[str]) -> int:
     from aigc.train.loop import ensure_prepared
 
     _threads(args.threads)
+    if args.samples < 1 or args.max_new_tokens < 1 or args.max_tokens < 0:
+        raise AigcError("--samples and --max-new-tokens must be at least 1, --max-tokens 0 (all) or more")
+    _check_seed(args.seed)
+    if args.out and Path(args.out).is_dir():
+        raise AigcError(f"--out {args.out}: is a folder; give a file path such as {Path(args.out) / 'eval.json'}")
     model = aigc.load(args.model, device=args.device)
     run_dir = _run_of(Path(args.model), model.folder)
     if args.config:
@@ -153,6 +163,11 @@ def cmd_eval(args, overrides: list[str]) -> int:
         print(f"{name:<{width}}  {value:,}" if isinstance(value, int) else f"{name:<{width}}  {value:.4f}")
     print(f"written to {out}")
     return 0
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed < 2**63 - 2**20:
+        raise AigcError(f"--seed {seed}: expected an integer in [0, 2**63)")
 
 
 def _run_of(path: Path, model_folder: Path) -> Path | None:

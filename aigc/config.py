@@ -20,6 +20,8 @@ parses (``3e-4``, ``true``, ``"text"``) and as a plain string otherwise.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -65,6 +67,8 @@ class DataConfig:
             raise AigcError(f"data.tokenizer = {self.tokenizer!r}: expected 'char' or 'bpe'")
         if self.tokenizer == "bpe" and self.vocab_size < 260:
             raise AigcError(f"data.vocab_size = {self.vocab_size}: byte-level BPE needs at least 260 (256 bytes + specials)")
+        if not 0 <= self.split_seed < 2**32:
+            raise AigcError(f"data.split_seed = {self.split_seed}: expected an integer in [0, 2**32)")
         if not 0.0 < self.val_fraction < 1.0:
             raise AigcError(f"data.val_fraction = {self.val_fraction}: expected a number between 0 and 1")
 
@@ -108,8 +112,15 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise AigcError(f"train.{name} = {getattr(self, name)}: expected a positive integer")
-        if not self.lr > 0:
-            raise AigcError(f"train.lr = {self.lr}: the learning rate must be positive")
+        if not 0 < self.lr < float("inf"):
+            raise AigcError(f"train.lr = {self.lr}: the learning rate must be a positive finite number")
+        if not 0 <= self.seed < 2**32:
+            raise AigcError(f"train.seed = {self.seed}: expected an integer in [0, 2**32)")
+        if not self.out_dir.strip():
+            raise AigcError("train.out_dir is empty: name a folder for the run")
+        cores = os.cpu_count() or 1
+        if self.threads > cores:
+            raise AigcError(f"train.threads = {self.threads}: this machine has {cores} cores (0 = all of them)")
         if not 0 <= self.min_lr <= self.lr:
             raise AigcError(f"train.min_lr = {self.min_lr}: expected 0 <= min_lr <= lr ({self.lr})")
         for name in ("warmup_steps", "threads"):
@@ -141,14 +152,16 @@ class SampleConfig:
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise AigcError(f"max_new_tokens = {self.max_new_tokens}: expected a positive integer")
-        if not self.temperature >= 0:  # also rejects NaN
-            raise AigcError(f"temperature = {self.temperature}: expected 0 (greedy) or more")
+        if not (self.temperature == 0 or 1e-3 <= self.temperature <= 100):  # also rejects NaN and inf
+            raise AigcError(f"temperature = {self.temperature}: expected 0 (greedy) or a number in [0.001, 100]")
         if self.top_k < 0:
             raise AigcError(f"top_k = {self.top_k}: expected 0 (off) or more")
         if not 0 < self.top_p <= 1:  # also rejects NaN
             raise AigcError(f"top_p = {self.top_p}: expected a number in (0, 1]")
-        if not self.repetition_penalty > 0:
-            raise AigcError(f"repetition_penalty = {self.repetition_penalty}: expected a positive number (1 = off)")
+        if not 1e-2 <= self.repetition_penalty <= 100:
+            raise AigcError(f"repetition_penalty = {self.repetition_penalty}: expected a number in [0.01, 100] (1 = off)")
+        if any(not s for s in self.stop):
+            raise AigcError("stop: an empty stop string would stop before the first token")
 
 
 @dataclass
@@ -199,6 +212,8 @@ def build_dataclass(cls, values: dict, section: str, source: str):
         AigcError: naming ``section.key`` and ``source`` for an unknown key or a
             value of the wrong type.
     """
+    if not isinstance(values, dict):
+        raise AigcError(f"{source}: expected a table of {section} keys, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():

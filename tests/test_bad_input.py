@@ -164,3 +164,51 @@ def test_missing_paths(tmp_path):
 def test_sampling_parameter_out_of_range(trained_run):
     assert_clean_error(run_cli("sample", str(trained_run), "--top-p", "1.5"), "top_p")
     assert_clean_error(run_cli("sample", str(trained_run), "--temperature", "-1"), "temperature")
+
+
+def test_prepare_never_replaces_a_folder_that_is_not_a_prepared_dataset(tmp_path, small_corpus, trained_run):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me", encoding="utf-8")
+    assert_clean_error(run_cli("prepare", "--source", str(small_corpus), "--out", str(victim), "--quiet"),
+                       "refusing to replace")
+    assert (victim / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    before = tree_digest(trained_run)
+    assert_clean_error(run_cli("prepare", "--source", str(small_corpus), "--out", str(trained_run), "--quiet"),
+                       "refusing to replace")
+    assert tree_digest(trained_run) == before
+
+
+def test_prepared_data_of_other_settings_is_not_overwritten(tmp_path, small_corpus):
+    cfg = tiny_config(tmp_path, small_corpus, max_steps=2)
+    assert run_cli("prepare", str(cfg), "--quiet").returncode == 0
+    before = tree_digest(tmp_path / "prepared")
+    result = run_cli("train", str(cfg), "--data.val_fraction=0.2", "--quiet")
+    assert_clean_error(result, "data.val_fraction", "prepared_dir")
+    assert tree_digest(tmp_path / "prepared") == before
+    assert not (tmp_path / "run").exists()
+
+
+def test_diverging_training_stops_without_writing_a_bad_checkpoint(tmp_path, small_corpus):
+    cfg = tiny_config(tmp_path, small_corpus, lr=1e30, min_lr=0.0, grad_clip=0.0, warmup_steps=0)
+    result = run_cli("train", str(cfg), "--quiet")
+    assert_clean_error(result, "training loss became")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_from_the_config_file_continues_the_run(tmp_path, small_corpus):
+    cfg = tiny_config(tmp_path, small_corpus, max_steps=10)
+    assert run_cli("train", str(cfg), "--quiet").returncode == 0
+    result = run_cli("train", str(cfg), "--resume", "--train.max_steps=20", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000020"
+    again = run_cli("train", str(cfg), "--resume", "--train.max_steps=20", "--quiet")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_empty_stop_string_and_absurd_settings(trained_run):
+    assert_clean_error(run_cli("sample", str(trained_run), "--stop", ""), "stop")
+    assert_clean_error(run_cli("sample", str(trained_run), "--temperature", "1e-45"), "temperature")
+    assert_clean_error(run_cli("sample", str(trained_run), "--threads", "100000"), "--threads")
+    assert_clean_error(run_cli("sample", str(trained_run), "--seed", "99999999999999999999"), "--seed")
+    assert_clean_error(run_cli("eval", str(trained_run), "--samples", "-3"), "--samples")

@@ -52,7 +52,8 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
         AigcError: fewer than 2 documents (no way to have both splits).
     """
     if n_docs < 2:
-        raise AigcError(f"the corpus has {n_docs} document; need at least 2 to split into train and val")
+        raise AigcError(f"the corpus has {n_docs} document; need at least 2 to split into train and val "
+                        "(for .txt: one document per line unless data.separator is set)")
     is_val = np.random.default_rng(seed).random(n_docs) < val_fraction
     if is_val.all():
         is_val[0] = False
@@ -83,6 +84,12 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool =
         AigcError: from reading the corpus, or too few documents.
     """
     out = Path(out_dir) if out_dir else default_prepared_dir(cfg)
+    out = out.resolve()
+    if out.exists() and not (out.is_dir() and (out / "meta.json").is_file()):
+        what = "a file" if not out.is_dir() else ("an empty folder" if not any(out.iterdir()) else
+                                                   "a folder that is not a prepared dataset")
+        if what != "an empty folder":
+            raise AigcError(f"{out}: is {what}; refusing to replace it (choose another --out / data.prepared_dir)")
     docs = read_documents(cfg, progress=progress)
     is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
     train_docs = [d for d, v in zip(docs, is_val) if not v]

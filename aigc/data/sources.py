@@ -82,10 +82,16 @@ def jsonl_documents(text: str, field: str, name: str) -> list[str]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise AigcError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise AigcError(f"{name}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict) or field not in obj:
             raise AigcError(f"{name}:{lineno}: no field {field!r} (set data.field to the field holding the text)")
         if not isinstance(obj[field], str):
             raise AigcError(f"{name}:{lineno}: field {field!r} is {type(obj[field]).__name__}, expected a string")
+        try:
+            obj[field].encode("utf-8")
+        except UnicodeEncodeError:
+            raise AigcError(f"{name}:{lineno}: field {field!r} holds a lone surrogate escape, not valid text") from None
         if obj[field].strip():
             docs.append(obj[field])
     return docs
@@ -133,7 +139,10 @@ def read_documents(cfg: DataConfig, progress: bool = True) -> list[str]:
         if fmt == "dir" or path.is_dir():
             if not path.is_dir():
                 raise AigcError(f"{path}: data.format = 'dir' but this is not a directory")
-            files = sorted(p for p in path.glob(cfg.glob) if p.is_file())
+            try:
+                files = sorted(p for p in path.glob(cfg.glob) if p.is_file())
+            except (ValueError, NotImplementedError) as e:
+                raise AigcError(f"data.glob = {cfg.glob!r}: not a usable pattern ({e})") from None
             if not files:
                 raise AigcError(f"{path}: no files match data.glob = {cfg.glob!r}")
             from tqdm import tqdm

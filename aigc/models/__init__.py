@@ -41,7 +41,7 @@ def config_class(family: str):
     Raises:
         AigcError: unknown family, listing the known ones.
     """
-    if family not in REGISTRY:
+    if not isinstance(family, str) or family not in REGISTRY:
         raise AigcError(f"unknown model family {family!r} (known: {', '.join(REGISTRY)})")
     return REGISTRY[family][0]
 

@@ -79,6 +79,9 @@ class GPTConfig:
             raise AigcError(f"model.n_kv_head = {self.n_kv_head}: must divide model.n_head = {self.n_head}")
         if self.positions == "rope" and self.head_dim % 2:
             raise AigcError(f"rotary positions need an even head size, got d_model/n_head = {self.head_dim}")
+        if not (self.rope_theta > 1 and self.norm_eps > 0) or math.isinf(self.rope_theta + self.norm_eps):
+            raise AigcError(f"model.rope_theta = {self.rope_theta} and model.norm_eps = {self.norm_eps}: "
+                            "expected rope_theta > 1 and norm_eps > 0, both finite")
         if self.d_ff < 0:
             raise AigcError(f"model.d_ff = {self.d_ff}: expected 0 (default) or a positive integer")
         if not 0 <= self.dropout < 1:

@@ -36,7 +36,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = checkpoint_dir(Path(run_dir)) / "latest"
     if not pointer.is_file():
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise AigcError(f"{pointer}: corrupt (not a checkpoint name)") from None
     folder = checkpoint_dir(Path(run_dir)) / name
     if not (folder / "state.json").is_file():
         raise AigcError(f"{pointer}: names {name!r}, which is not a complete checkpoint")
@@ -78,6 +81,8 @@ def load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict:
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
         opt_state.setdefault(int(idx), {})[name] = value
+    if not isinstance(state, dict) or "optimizer_param_groups" not in state:
+        raise AigcError(f"{folder / 'state.json'}: corrupt (no optimizer_param_groups)")
     groups = state.pop("optimizer_param_groups")
     try:
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})

@@ -123,12 +123,14 @@ def ensure_prepared(cfg: RunConfig, progress: bool = True) -> TokenData:
     meta = folder / "meta.json"
     if meta.is_file():
         try:
-            same = json.loads(meta.read_text(encoding="utf-8")).get("data")
-            stale = same is None or {k: v for k, v in same.items() if k != "prepared_dir"} != data_key(cfg.data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            stale = True
-        if not stale:
-            return TokenData(folder)
+            saved = json.loads(meta.read_text(encoding="utf-8")).get("data") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            saved = {}
+        diff = [k for k, v in data_key(cfg.data).items() if saved.get(k) != v]
+        if diff:
+            raise AigcError(f"{folder}: holds data prepared with other settings (differs in data."
+                            f"{', data.'.join(diff)}); set data.prepared_dir to another folder, or delete this one")
+        return TokenData(folder)
     print(f"preparing {folder} ...", file=sys.stderr)
     prepare(cfg.data, folder, progress=progress)
     return TokenData(folder)
@@ -176,8 +178,9 @@ def _open_run(cfg: RunConfig, resume: bool) -> tuple[Path, Path | None]:
         if family_of(saved) != family_of(cfg.model):
             raise AigcError(f"{run_dir}: holds a {family_of(saved)!r} run; the config asks for "
                             f"{family_of(cfg.model)!r}")
-        if dataclasses.asdict(saved) != dataclasses.asdict(cfg.model):
-            diff = [k for k, v in dataclasses.asdict(cfg.model).items() if dataclasses.asdict(saved)[k] != v]
+        diff = [k for k, v in dataclasses.asdict(cfg.model).items()
+                if dataclasses.asdict(saved)[k] != v and k != "vocab_size"]  # vocab: checked against the data
+        if diff:
             raise AigcError(f"{run_dir}: the checkpoint's model differs from the config in: {', '.join(diff)}")
     return run_dir, ckpt
 
@@ -186,8 +189,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines logged after ``step`` (by a run that died before its next checkpoint)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            pass  # a line cut short by a kill
     write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -209,9 +217,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         AigcError: an existing run without ``resume``, a mismatched run with it, or bad data.
     """
     run_dir, ckpt = _open_run(cfg, resume)
+    device = _pick(cfg.train.device)
+    _autocast(device, cfg.train.dtype)  # an impossible dtype fails before anything is written
     data = ensure_prepared(cfg, progress)
     tokenizer = data.tokenizer
-    device = _pick(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.init_from:
@@ -221,6 +230,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         cfg.model.vocab_size = tokenizer.vocab_size  # the model's vocabulary is the tokenizer's
     cfg.validate()
     data.check_block_size(cfg.model.block_size)
+    if ckpt is not None and dataclasses.asdict(read_model_config(ckpt)) != dataclasses.asdict(cfg.model):
+        raise AigcError(f"{run_dir}: the checkpoint's vocabulary ({read_model_config(ckpt).vocab_size}) differs "
+                        f"from the tokenizer of the data ({tokenizer.vocab_size}); resume with the run's own data")
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -245,7 +257,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     write_text(run_dir / "config.toml", cfg.to_toml())
     run_info = {"seed": cfg.train.seed, "command": argv or sys.argv, "device": str(device),
                 "prepared_data": str(data.folder), "data_meta": data.meta, **environment()}
-    old_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    try:
+        old_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old_info = {}
+    old_info = old_info if isinstance(old_info, dict) else {}
     run_info["started"] = old_info.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     run_info["resumed"] = old_info.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if ckpt else [])
     write_json(run_dir / "run.json", run_info)
@@ -339,6 +355,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
             state["elapsed_s"] = time.time() - start_time
             window_tokens += tokens_per_step
             train_loss = loss_sum / t.grad_accum
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise AigcError(f"the training loss became {train_loss} at step {step}; no checkpoint written "
+                                f"(a lower train.lr than {t.lr} usually helps); the last good checkpoint is kept")
             bar.update(1)
             if step % t.log_interval == 0 or step == t.max_steps:
                 now = time.time()
