@@ -20,7 +20,6 @@ parses (``3e-4``, ``true``, ``"text"``) and as a plain string otherwise.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import typing
