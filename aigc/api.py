@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +43,19 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise AigcError(f"device = {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def set_threads(n: int = 0, what: str = "threads") -> None:
+    """Use ``n`` CPU threads for torch (0 = every core this process may use).
+
+    Raises:
+        AigcError: ``n`` negative or more than the machine's cores (``what`` names the setting).
+    """
+    cores = os.cpu_count() or 1
+    if not 0 <= n <= cores:
+        raise AigcError(f"{what} = {n}: expected 0 (all cores) up to this machine's {cores} cores")
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    torch.set_num_threads(n or avail)
 
 
 def resolve_model_folder(path: str | Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,16 +16,10 @@ from pathlib import Path
 from aigc.errors import AigcError
 
 
-def _threads(n: int = 0) -> None:
-    """Use ``n`` CPU threads (0 = every core this process may use)."""
-    import torch
+def _threads(n: int) -> None:
+    from aigc.api import set_threads
 
-    if n < 0:
-        raise AigcError(f"--threads {n}: expected 0 (all cores) or a positive number")
-    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n > (os.cpu_count() or 1):
-        raise AigcError(f"--threads {n}: this machine has {os.cpu_count()} cores (0 = all of them)")
-    torch.set_num_threads(n or avail)
+    set_threads(n, "--threads")
 
 
 def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -81,7 +74,6 @@ def cmd_train(args, overrides: list[str]) -> int:
         cfg = resolve_resume_config(target, overrides)
     else:
         cfg = load_config(target, overrides)
-    _threads(cfg.train.threads)
     run_dir = train(cfg, resume=args.resume, progress=not args.quiet, argv=sys.argv)
     print(f"run folder: {run_dir}")
     return 0

@@ -117,14 +117,13 @@ class TrainConfig:
             raise AigcError(f"train.seed = {self.seed}: expected an integer in [0, 2**32)")
         if not self.out_dir.strip():
             raise AigcError("train.out_dir is empty: name a folder for the run")
-        cores = os.cpu_count() or 1
-        if self.threads > cores:
-            raise AigcError(f"train.threads = {self.threads}: this machine has {cores} cores (0 = all of them)")
+        if not 0 <= self.threads <= (os.cpu_count() or 1):
+            raise AigcError(f"train.threads = {self.threads}: expected 0 (all cores) up to this machine's "
+                            f"{os.cpu_count() or 1} cores")
         if not 0 <= self.min_lr <= self.lr:
             raise AigcError(f"train.min_lr = {self.min_lr}: expected 0 <= min_lr <= lr ({self.lr})")
-        for name in ("warmup_steps", "threads"):
-            if getattr(self, name) < 0:
-                raise AigcError(f"train.{name} = {getattr(self, name)}: expected 0 or more")
+        if self.warmup_steps < 0:
+            raise AigcError(f"train.warmup_steps = {self.warmup_steps}: expected 0 or more")
         for name in ("weight_decay", "grad_clip", "max_minutes"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise AigcError(f"train.{name} = {getattr(self, name)}: expected 0 or more")
@@ -264,8 +263,8 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
     from aigc.models import config_class
 
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    for text in overrides:
-        section, key, value = parse_override(text)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for text, section, key, value in parsed:
         if section not in ("data", "model", "train", "sample"):
             raise AigcError(f"command line: unknown config section '{section}' in {text!r} "
                             "(known: data, model, train, sample)")
@@ -285,8 +284,7 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
     family = model.pop("family")
     cls = config_class(family)
     classes = {"data": DataConfig, "model": cls, "train": TrainConfig, "sample": SampleConfig}
-    for text in overrides:  # a typo on the command line is the command line's, not the file's
-        section, key, _ = parse_override(text)
+    for text, section, key, _ in parsed:  # a typo on the command line is the command line's, not the file's
         known = [f.name for f in fields(classes[section])] + (["family"] if section == "model" else [])
         if key not in known:
             raise AigcError(f"command line: unknown config key '{section}.{key}' in {text!r} "

@@ -85,11 +85,10 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool =
     """
     out = Path(out_dir) if out_dir else default_prepared_dir(cfg)
     out = out.resolve()
-    if out.exists() and not (out.is_dir() and (out / "meta.json").is_file()):
-        what = "a file" if not out.is_dir() else ("an empty folder" if not any(out.iterdir()) else
-                                                   "a folder that is not a prepared dataset")
-        if what != "an empty folder":
-            raise AigcError(f"{out}: is {what}; refusing to replace it (choose another --out / data.prepared_dir)")
+    replaceable = not out.exists() or (out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir())))
+    if not replaceable:  # only an earlier prepared dataset (or an empty folder) may be replaced
+        raise AigcError(f"{out}: is not a prepared dataset; refusing to replace it "
+                        "(choose another --out / data.prepared_dir)")
     docs = read_documents(cfg, progress=progress)
     is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
     train_docs = [d for d, v in zip(docs, is_val) if not v]

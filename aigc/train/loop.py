@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from aigc.api import pick_device, set_threads
 from aigc.atomic import write_json, write_text
 from aigc.config import RunConfig, config_from_dict, read_toml
 from aigc.data.shards import TokenData, bits_per_char, data_key, default_prepared_dir, prepare
@@ -159,8 +160,11 @@ def estimate_loss(model, data: TokenData, cfg: RunConfig, device, split: str) ->
     return sum(losses) / len(losses)
 
 
-def _open_run(cfg: RunConfig, resume: bool) -> tuple[Path, Path | None]:
-    """Check the run folder: a new run needs an empty one; a resumed run needs a matching one."""
+def _open_run(cfg: RunConfig, resume: bool):
+    """Check the run folder: a new run needs an empty one; a resumed run needs a matching one.
+
+    Returns the run folder, its latest checkpoint (or None) and that checkpoint's model config (or None).
+    """
     run_dir = Path(cfg.train.out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise AigcError(f"{run_dir}: train.out_dir is a file, expected a folder for the run")
@@ -169,12 +173,12 @@ def _open_run(cfg: RunConfig, resume: bool) -> tuple[Path, Path | None]:
         if holds_run:
             raise AigcError(f"{run_dir}: already holds a run; pass --resume to continue it, "
                             "or set --train.out_dir to a new folder")
-        return run_dir, None
+        return run_dir, None, None
     if not holds_run:
         raise AigcError(f"{run_dir}: no run to resume (no config.toml or checkpoints/)")
     ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        saved = read_model_config(ckpt)
+    saved = read_model_config(ckpt) if ckpt is not None else None
+    if saved is not None:
         if family_of(saved) != family_of(cfg.model):
             raise AigcError(f"{run_dir}: holds a {family_of(saved)!r} run; the config asks for "
                             f"{family_of(cfg.model)!r}")
@@ -182,7 +186,7 @@ def _open_run(cfg: RunConfig, resume: bool) -> tuple[Path, Path | None]:
                 if dataclasses.asdict(saved)[k] != v and k != "vocab_size"]  # vocab: checked against the data
         if diff:
             raise AigcError(f"{run_dir}: the checkpoint's model differs from the config in: {', '.join(diff)}")
-    return run_dir, ckpt
+    return run_dir, ckpt, saved
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -216,13 +220,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     Raises:
         AigcError: an existing run without ``resume``, a mismatched run with it, or bad data.
     """
-    run_dir, ckpt = _open_run(cfg, resume)
-    device = _pick(cfg.train.device)
+    run_dir, ckpt, saved = _open_run(cfg, resume)
+    device = pick_device(cfg.train.device)
     _autocast(device, cfg.train.dtype)  # an impossible dtype fails before anything is written
     data = ensure_prepared(cfg, progress)
     tokenizer = data.tokenizer
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads, "train.threads")
     if cfg.train.init_from:
         base = load_model_folder(cfg.train.init_from, families=(family_of(cfg.model),))
         cfg.model = base.config
@@ -230,8 +233,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         cfg.model.vocab_size = tokenizer.vocab_size  # the model's vocabulary is the tokenizer's
     cfg.validate()
     data.check_block_size(cfg.model.block_size)
-    if ckpt is not None and dataclasses.asdict(read_model_config(ckpt)) != dataclasses.asdict(cfg.model):
-        raise AigcError(f"{run_dir}: the checkpoint's vocabulary ({read_model_config(ckpt).vocab_size}) differs "
+    if saved is not None and dataclasses.asdict(saved) != dataclasses.asdict(cfg.model):
+        raise AigcError(f"{run_dir}: the checkpoint's vocabulary ({saved.vocab_size}) differs "
                         f"from the tokenizer of the data ({tokenizer.vocab_size}); resume with the run's own data")
 
     torch.manual_seed(cfg.train.seed)
@@ -388,7 +391,3 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     return run_dir
 
 
-def _pick(name: str) -> torch.device:
-    from aigc.api import pick_device
-
-    return pick_device(name)
