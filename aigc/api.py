@@ -6,6 +6,9 @@
 ['明月...', '明月...']
 >>> for piece in model.stream("春风", seed=1):        # text as it is produced
 ...     print(piece, end="", flush=True)
+
+>>> gan = aigc.load("runs/fashion-dcgan")              # an image model -> ImageModel
+>>> images = gan.generate(16, label="Sneaker", seed=0)  # (16, 1, 28, 28) float32 in [-1, 1]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from aigc.config import SampleConfig, build_dataclass
@@ -186,14 +190,149 @@ class TextModel:
         return [prompt + t if include_prompt else t for t in texts]
 
 
-def load(path: str | Path, device: str = "auto") -> TextModel:
-    """Load a text model from a model folder or a run folder (its latest checkpoint).
+class ImageModel:
+    """A loaded image model (``dcgan`` or ``vae``): sample grids, and for the VAE reconstruct and interpolate.
+
+    Images are tensors ``(N, C, S, S)`` float32 in [-1, 1]; :func:`aigc.generate.images.save_grid`
+    writes them as PNG.
+    """
+
+    def __init__(self, model, folder: Path):
+        self.model, self.folder = model, folder
+        self.device = next(model.parameters()).device
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model.config.classes) if self.model.config.conditional else []
+
+    @property
+    def step(self) -> int | None:
+        """The training step of the checkpoint this model came from, when known."""
+        try:
+            return int(json.loads((self.folder / "state.json").read_text(encoding="utf-8"))["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def class_index(self, name: str | int) -> int:
+        """A class name (case-insensitive) or index -> index.
+
+        Raises:
+            AigcError: an unconditional model, or an unknown class (listing the known ones).
+        """
+        if not self.classes:
+            raise AigcError(f"{self.folder}: an unconditional model; --class needs a model trained with "
+                            "model.conditional = true")
+        if isinstance(name, int) or (isinstance(name, str) and name.isdigit() and name not in self.classes):
+            i = int(name)
+            if 0 <= i < len(self.classes):
+                return i
+        lowered = [c.lower() for c in self.classes]
+        if isinstance(name, str) and name.lower() in lowered:
+            return lowered.index(name.lower())
+        raise AigcError(f"unknown class {name!r} (known: {', '.join(self.classes)})")
+
+    def generate(self, n: int = 64, label: str | int | None = None, seed: int | None = None) -> torch.Tensor:
+        """``n`` images of class ``label`` (conditional models: every class in turn when None).
+
+        Raises:
+            AigcError: ``n`` out of [1, 4096], or an unknown class.
+        """
+        if not 1 <= n <= 4096:
+            raise AigcError(f"n = {n}: expected 1 to 4096 images")
+        labels = None
+        if label is not None:
+            labels = torch.full((n,), self.class_index(label), dtype=torch.long, device=self.device)
+        elif self.classes:
+            labels = (torch.arange(n) % len(self.classes)).to(self.device)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self.model.generate(n, labels, gen).float().cpu()
+
+    def _need_vae(self, what: str) -> None:
+        if self.family != "vae":
+            raise AigcError(f"{what} needs a VAE; {self.folder} is a {self.family!r} model")
+
+    def _labels_for(self, n: int, label) -> torch.Tensor | None:
+        if not self.model.config.conditional:
+            return None
+        if label is None:
+            raise AigcError(f"{self.folder}: a conditional VAE; pass the images' class (--class)")
+        return torch.full((n,), self.class_index(label), dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, label=None) -> torch.Tensor:
+        """VAE: decode the posterior mean of each image: ``(N, C, S, S)`` -> same shape."""
+        self._need_vae("reconstruction")
+        y = self._labels_for(len(images), label)
+        mu, _ = self.model.encode(images.to(self.device), y)
+        return self.model.mean_image(self.model.decode(mu, y)).float().cpu()
+
+    @torch.no_grad()
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 10, label=None) -> torch.Tensor:
+        """VAE: ``steps`` images decoded along the straight line between the posterior means of a and b.
+
+        Args:
+            a, b: images ``(C, S, S)`` in [-1, 1].
+        Returns:
+            ``(steps, C, S, S)``, the first decoded from a's latent, the last from b's.
+        """
+        self._need_vae("interpolation")
+        if not 2 <= steps <= 256:
+            raise AigcError(f"--steps {steps}: expected 2 to 256 images in the strip")
+        y = self._labels_for(2, label)
+        mu, _ = self.model.encode(torch.stack([a, b]).to(self.device), y)
+        w = torch.linspace(0, 1, steps, device=self.device)[:, None]
+        z = (1 - w) * mu[0] + w * mu[1]  # (steps, z_dim)
+        ys = None if y is None else y[:1].expand(steps)
+        return self.model.mean_image(self.model.decode(z, ys)).float().cpu()
+
+    def read_images(self, paths: list[str | Path]) -> torch.Tensor:
+        """Image files (or folders of them) -> ``(N, C, S, S)`` in [-1, 1], converted to the model's shape.
+
+        Raises:
+            AigcError: a missing path, an undecodable image (named), or no images.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        from aigc.data.images import IMAGE_SUFFIXES, to_array, to_signed
+
+        c, size = self.model.config.channels, self.model.config.image_size
+        files = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise AigcError(f"{p}: no such image file or folder")
+        if not files:
+            raise AigcError(f"{', '.join(map(str, paths))}: no images found")
+        arrays = []
+        for f in files:
+            try:
+                with Image.open(f) as img:
+                    img.load()
+                    arrays.append(to_array(img, c, size, True, str(f)))
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise AigcError(f"{f}: cannot decode image ({e})") from None
+        return to_signed(torch.from_numpy(np.stack(arrays)))
+
+
+def load(path: str | Path, device: str = "auto"):
+    """Load a model from a model folder or a run folder (its latest checkpoint).
+
+    Returns a :class:`TextModel` for ``gpt``/``lstm`` and an :class:`ImageModel` for ``dcgan``/``vae``.
 
     Raises:
-        AigcError: not a model or run folder, another model family, or missing/corrupt files.
+        AigcError: not a model or run folder, an unknown family, or missing/corrupt files.
     """
     folder = resolve_model_folder(path)
-    model = load_model_folder(folder, pick_device(device), families=TEXT_FAMILIES)
+    model = load_model_folder(folder, pick_device(device))
+    if model.family not in TEXT_FAMILIES:
+        return ImageModel(model, folder)
     tokenizer = Tokenizer.load(folder / "tokenizer.json")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise AigcError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model only "

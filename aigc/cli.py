@@ -34,7 +34,8 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[
 
 # ---------------------------------------------------------------- prepare
 def cmd_prepare(args, overrides: list[str]) -> int:
-    from aigc.config import DataConfig, build_dataclass, config_from_dict, parse_override, read_toml
+    from aigc.config import DataConfig, ImageDataConfig, build_dataclass, config_from_dict, parse_override, read_toml
+    from aigc.data.images import IMAGE_DATASETS, ImageData, prepare_images
     from aigc.data.shards import TokenData, prepare
 
     if args.config:
@@ -46,12 +47,26 @@ def cmd_prepare(args, overrides: list[str]) -> int:
             if section != "data":
                 raise AigcError(f"override {text!r}: without a config file only --data.* keys apply")
             raw[key] = value
-        data = build_dataclass(DataConfig, raw, "data", "command line")
+        image_only = {"image_size", "channels", "resize"}
+        image = ((args.dataset or raw.get("dataset")) in IMAGE_DATASETS or bool(image_only & set(raw))
+                 or raw.get("format") in ("idx", "folder", "npy"))
+        data = build_dataclass(ImageDataConfig if image else DataConfig, raw, "data", "command line")
     for flag in ("dataset", "source", "tokenizer", "vocab_size", "field", "separator", "glob"):
         value = getattr(args, flag)
         if value is not None:
+            if not hasattr(data, flag):
+                raise AigcError(f"--{flag.replace('_', '-')} applies to text data; images are configured with "
+                                "--data.image_size, --data.channels, --data.resize")
             setattr(data, flag, value)
     data.validate()
+    if isinstance(data, ImageDataConfig):
+        folder = prepare_images(data, args.out, progress=not args.quiet)
+        d = ImageData(folder)
+        classes = f", {len(d.classes)} classes" if d.classes else ", unlabelled"
+        print(f"wrote {folder}: {'x'.join(map(str, d.shape))} images{classes}")
+        for name in ("train", "val"):
+            print(f"  {name:5s} {len(d.images[name]):>9,} images")
+        return 0
     folder = prepare(data, args.out, progress=not args.quiet)
     meta = TokenData(folder).meta
     s = meta["splits"]
@@ -88,9 +103,17 @@ def _settings(args) -> dict:
 
 def cmd_sample(args, overrides: list[str]) -> int:
     import aigc
+    from aigc.api import ImageModel
 
     _threads(args.threads)
     model = aigc.load(args.model, device=args.device)
+    if isinstance(model, ImageModel):
+        return _sample_images(model, args)
+    for flag in ("out", "label", "reconstruct", "interpolate"):
+        if getattr(args, flag) is not None:
+            raise AigcError(f"--{'class' if flag == 'label' else flag} is for image models; "
+                            f"{args.model} is a {model.family!r} text model")
+    args.n = 1 if args.n is None else args.n
     if args.n < 1:
         raise AigcError(f"--n {args.n}: expected at least 1 sample")
     model.tokenizer.check_text(args.prompt)  # fail before printing anything
@@ -106,13 +129,69 @@ def cmd_sample(args, overrides: list[str]) -> int:
     return 0
 
 
+def _sample_images(model, args) -> int:
+    """`aigc sample` for image models: a grid, a reconstruction grid or an interpolation strip."""
+    import secrets
+
+    import torch
+
+    from aigc.generate.images import save_grid
+
+    if not args.out:
+        raise AigcError("--out FILE.png is required for image models (where to write the grid)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise AigcError(f"--out {out}: expected a .png file name")
+    if out.is_dir():
+        raise AigcError(f"--out {out}: is a folder; give a file name such as {out / 'grid.png'}")
+    _check_seed(args.seed)
+    if not 1 <= args.scale <= 16 or args.nrow < 1:
+        raise AigcError(f"--scale {args.scale} / --nrow {args.nrow}: expected a scale of 1 to 16 and at least 1 per row")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    info = {"model": str(model.folder), "family": model.family, "step": model.step, "seed": seed}
+    if args.interpolate:
+        images = model.read_images(args.interpolate)
+        if len(images) != 2:
+            raise AigcError(f"--interpolate needs two image files; got {len(images)} images")
+        strip = model.interpolate(images[0], images[1], args.steps, args.label)
+        images = torch.cat([images[:1], strip, images[1:]])
+        info["parameters"] = {"mode": "interpolate", "a": args.interpolate[0], "b": args.interpolate[1],
+                              "steps": args.steps, "class": args.label,
+                              "layout": "A, then the decoded path from A's latent to B's, then B"}
+        nrow = len(images)
+        what = f"interpolation strip of {args.steps} images"
+    elif args.reconstruct:
+        images = model.read_images(args.reconstruct)[:256]
+        recon = model.reconstruct(images, args.label)
+        nrow = min(len(images), 16)
+        rows = []
+        for i in range(0, len(images), nrow):  # originals above their reconstructions
+            rows += [images[i:i + nrow], recon[i:i + nrow]]
+        images = torch.cat(rows)
+        info["parameters"] = {"mode": "reconstruct", "images": list(args.reconstruct), "class": args.label,
+                              "layout": "rows alternate: inputs, then their reconstructions"}
+        what = f"{len(recon)} reconstructions"
+    else:
+        n = 64 if args.n is None else args.n
+        images = model.generate(n, args.label, seed)
+        conditional_all = model.classes and args.label is None
+        nrow = len(model.classes) if conditional_all else min(args.nrow, n)
+        info["parameters"] = {"mode": "sample", "n": n, "class": args.label if args.label is not None else
+                              ("column i = class i" if conditional_all else None)}
+        what = f"{n} samples"
+    save_grid(images, out, nrow, info, scale=args.scale)
+    print(f"wrote {out}: {what} (seed {seed})")
+    return 0
+
+
 # ---------------------------------------------------------------- eval
 def cmd_eval(args, overrides: list[str]) -> int:
     import aigc
+    from aigc.api import ImageModel
     from aigc.atomic import write_json
     from aigc.config import load_config, read_toml, config_from_dict
     from aigc.evaluate.text import diversity_metrics, heldout_metrics
-    from aigc.train.loop import ensure_prepared
+    from aigc.train.tasks import ensure_prepared
 
     _threads(args.threads)
     if args.samples < 1 or args.max_new_tokens < 1 or args.max_tokens < 0:
@@ -128,6 +207,12 @@ def cmd_eval(args, overrides: list[str]) -> int:
         cfg = config_from_dict(read_toml(run_dir / "config.toml"), str(run_dir / "config.toml"), overrides)
     else:
         raise AigcError(f"{args.model}: a model folder outside a run; pass --config with the [data] to score on")
+    if isinstance(model, ImageModel):
+        if not cfg.is_image:
+            raise AigcError(f"{args.config}: a text config; an image model needs an image [data] section")
+        return _eval_images(model, cfg, args, run_dir)
+    if cfg.is_image:
+        raise AigcError(f"{args.config}: an image config; a text model needs a text [data] section")
     data = ensure_prepared(cfg, progress=not args.quiet)
     if data.tokenizer.tk.get_vocab() != model.tokenizer.tk.get_vocab():
         raise AigcError(f"the model's tokenizer differs from the one of {data.folder}; evaluate on data "
@@ -156,6 +241,39 @@ def cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _eval_images(model, cfg, args, run_dir) -> int:
+    """`aigc eval` for image models: FD, KID, precision/recall in classifier features, with reference rows."""
+    from aigc.atomic import write_json
+    from aigc.evaluate.images import evaluate_image_model
+    from aigc.train.tasks import ensure_prepared
+
+    data = ensure_prepared(cfg, progress=not args.quiet)
+    n = args.images
+    if not 10 <= n <= 100_000:
+        raise AigcError(f"--images {n}: expected 10 to 100000 generated images")
+    if model.model.config.image_size != data.shape[1] or model.model.config.channels != data.shape[0]:
+        raise AigcError(f"the model makes {model.model.config.channels}x{model.model.config.image_size} images, "
+                        f"{data.folder} holds {data.shape[0]}x{data.shape[1]}")
+    res = evaluate_image_model(model, data, n=n, seed=args.seed, progress=not args.quiet)
+    res.update({"model": str(model.folder), "family": model.family, "step": model.step, "data": str(data.folder)})
+    space = res["feature_space"]
+    print(f"{n:,} generated vs {res['real_samples']:,} real test images; features: {space} "
+          f"(classifier test accuracy {res['classifier_test_accuracy']:.4f})")
+    head = f"{'':34s} {'FD (' + space + ')':>38s} {'KID':>16s} {'precision':>9s} {'recall':>7s}"
+    print(head)
+    for name, r in res["rows"].items():
+        print(f"{name:34s} {r['fd']:38.3f} {r['kid']:9.4f}±{r['kid_std']:.4f} {r['precision']:9.3f} {r['recall']:7.3f}")
+    if "class_accuracy" in res:
+        print(f"classifier accuracy on generated images, per class (mean {res['class_accuracy_mean']:.3f}; "
+              f"chance {1 / len(res['class_accuracy']):.2f}):")
+        for name, acc in res["class_accuracy"].items():
+            print(f"  {name:14s} {acc:.3f}")
+    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
+    write_json(out, res)
+    print(f"written to {out}")
+    return 0
+
+
 def _check_seed(seed: int | None) -> None:
     if seed is not None and not 0 <= seed < 2**63 - 2**20:
         raise AigcError(f"--seed {seed}: expected an integer in [0, 2**63)")
@@ -171,11 +289,15 @@ def _run_of(path: Path, model_folder: Path) -> Path | None:
 
 # ---------------------------------------------------------------- data
 def cmd_data(args, overrides: list[str]) -> int:
+    from aigc.data.images import IMAGE_DATASETS
     from aigc.data.sources import DATASETS
 
     for name, spec in DATASETS.items():
         present = "ok" if spec["path"].is_file() else "missing"
-        print(f"{name:14s} [{present}] {spec['description']}")
+        print(f"{name:14s} [{present}] text: {spec['description']}")
+    for name, spec in IMAGE_DATASETS.items():
+        present = "ok" if spec["path"].is_dir() else "missing: sudo apt-get install dataset-fashion-mnist"
+        print(f"{name:14s} [{present}] images: {spec['description']}")
     return 0
 
 
@@ -187,11 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aigc {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("prepare", help="corpus -> tokenizer + train/val token shards",
-                       description="Read a corpus, build a tokenizer, write train/val token shards. "
-                       "Config keys can be overridden with --data.key=value.")
+    p = sub.add_parser("prepare", help="corpus -> tokenizer + token shards; images -> arrays",
+                       description="Text: read a corpus, build a tokenizer, write train/val token shards. "
+                       "Images (an image config, or --dataset fashion-mnist): read IDX files, an image folder "
+                       "or .npy/.npz, write train/val uint8 arrays. Config keys can be overridden with "
+                       "--data.key=value.")
     p.add_argument("config", nargs="?", help="a run config TOML whose [data] section to use")
-    p.add_argument("--dataset", help="a named dataset (see `aigc data list`), e.g. tang-poems")
+    p.add_argument("--dataset", help="a named dataset (see `aigc data list`), e.g. tang-poems, fashion-mnist")
     p.add_argument("--source", help="a .txt or .jsonl file, or a directory")
     p.add_argument("--tokenizer", choices=["char", "bpe"], help="character-level or byte-level BPE")
     p.add_argument("--vocab-size", dest="vocab_size", type=int, help="BPE vocabulary size")
@@ -229,13 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "Unset parameters come from the model's generation_config.json.")
     p.add_argument("model", help="a run folder (its latest checkpoint) or a model folder")
     generation_flags(p)
-    p.add_argument("--n", type=int, default=1, help="number of samples (default: 1)")
-    p.add_argument("--seed", type=int, help="random seed (sample i uses seed + i)")
+    p.add_argument("--n", type=int, help="number of samples (default: 1 text sample, 64 images)")
+    p.add_argument("--seed", type=int, help="random seed (text: sample i uses seed + i)")
+    g = p.add_argument_group("image models (dcgan, vae)")
+    g.add_argument("--out", help="the PNG to write (required for image models)")
+    g.add_argument("--class", dest="label", help="generate this class (name or index) with a conditional model")
+    g.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8; one column per class "
+                   "when a conditional model samples every class)")
+    g.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (nearest pixels)")
+    g.add_argument("--reconstruct", nargs="+", metavar="IMAGES", help="VAE: image files or folders to reconstruct")
+    g.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="VAE: two images to interpolate between")
+    g.add_argument("--steps", type=int, default=10, help="images in the interpolation strip (default: 10)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="perplexity, bits per character and sample diversity",
-                       description="Score the val split (perplexity, bits per character) and the diversity of "
-                       "generated samples (distinct-1/2, repeated 4-grams); prints a table, writes JSON.")
+    p = sub.add_parser("eval", help="text: perplexity, bits/char, diversity; images: FD, KID, precision/recall",
+                       description="Text models: score the val split (perplexity, bits per character) and the "
+                       "diversity of generated samples (distinct-1/2, repeated 4-grams). Image models: FD, KID and "
+                       "precision/recall of generated images against the test images, in the features of the "
+                       "shipped Fashion-MNIST classifier, beside real-vs-real and noise reference rows. "
+                       "Prints a table, writes JSON.")
     p.add_argument("model", help="a run folder or a model folder")
     p.add_argument("--config", help="a config whose [data] to score on (default: the run's own)")
     p.add_argument("--samples", type=int, default=20, help="number of samples for the diversity metrics (default: 20)")
@@ -246,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score at most this many val tokens (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
     p.add_argument("--out", help="JSON output path (default: RUN/eval.json)")
+    p.add_argument("--images", type=int, default=10000, help="image models: generated images to score (default: 10000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,10 +3,14 @@
 A run config has four sections, each a dataclass below (``[model]`` is the config
 class of the chosen family, see :mod:`aigc.models`)::
 
-    [data]    where the corpus comes from and how it is tokenized   -> DataConfig
-    [model]   family = "gpt" | "lstm" and its architecture          -> GPTConfig / LSTMConfig
-    [train]   optimizer, schedule, run folder                        -> TrainConfig
-    [sample]  default generation parameters                          -> SampleConfig
+    [data]    text: corpus and tokenizer                      -> DataConfig
+              images: source, size, channels                  -> ImageDataConfig
+    [model]   family = "gpt" | "lstm" | "dcgan" | "vae"       -> GPTConfig / LSTMConfig / DCGANConfig / VAEConfig
+    [train]   optimizer, schedule, run folder                 -> TrainConfig
+    [sample]  text: default generation parameters             -> SampleConfig
+              images: grid size                               -> ImageSampleConfig
+
+The family decides which ``[data]`` and ``[sample]`` classes apply.
 
 Every key has a default except ``model.family``. Unknown keys are errors (a typo
 must not silently fall back to a default). The resolved config, with every default
@@ -73,6 +77,39 @@ class DataConfig:
 
 
 @dataclass
+class ImageDataConfig:
+    """Where the images come from and how they are shaped (the ``[data]`` of image families).
+
+    ``dataset`` is a named image dataset (``fashion-mnist``) or empty; ``source`` is a
+    folder of IDX files or of images, or an .npy/.npz file (see :mod:`aigc.data.images`).
+    """
+
+    dataset: str = ""  # a named image dataset (aigc data list), or "" to use `source`
+    source: str = ""  # IDX folder/file, image folder, .npy or .npz; for a named dataset: its folder
+    format: str = "auto"  # auto | idx | folder | npy
+    image_size: int = 28  # side of the square images the model sees, in pixels
+    channels: int = 1  # 1 = grayscale, 3 = RGB (every image is converted)
+    resize: bool = True  # resize images of another size (false: reject them, naming the file)
+    val_fraction: float = 0.05  # held out when the source has no test split
+    split_seed: int = 1234
+    prepared_dir: str = ""  # "" = prepared/<name>-<channels>x<image_size>
+
+    def validate(self) -> None:
+        if not self.dataset and not self.source:
+            raise AigcError("config key data.dataset or data.source must be set (a named dataset or a path)")
+        if self.format not in ("auto", "idx", "folder", "npy"):
+            raise AigcError(f"data.format = {self.format!r}: expected one of auto, idx, folder, npy")
+        if not 8 <= self.image_size <= 1024:
+            raise AigcError(f"data.image_size = {self.image_size}: expected a side in [8, 1024] pixels")
+        if self.channels not in (1, 3):
+            raise AigcError(f"data.channels = {self.channels}: expected 1 (grayscale) or 3 (RGB)")
+        if not 0 <= self.split_seed < 2**32:
+            raise AigcError(f"data.split_seed = {self.split_seed}: expected an integer in [0, 2**32)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise AigcError(f"data.val_fraction = {self.val_fraction}: expected a number between 0 and 1")
+
+
+@dataclass
 class TrainConfig:
     """Optimizer, schedule, evaluation and checkpointing of a training run.
 
@@ -103,6 +140,7 @@ class TrainConfig:
     log_interval: int = 10  # steps between metric lines
     checkpoint_interval: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    time_limit: str = "wall"  # what max_minutes counts: wall (clock) | cpu (this process's CPU time, all threads)
     init_from: str = ""  # a model folder to start from instead of random weights
 
     def validate(self) -> None:
@@ -132,6 +170,8 @@ class TrainConfig:
                 raise AigcError(f"train.{name} = {getattr(self, name)}: expected a number in [0, 1)")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise AigcError(f"train.dtype = {self.dtype!r}: expected float32, bfloat16 or float16")
+        if self.time_limit not in ("wall", "cpu"):
+            raise AigcError(f"train.time_limit = {self.time_limit!r}: expected 'wall' or 'cpu'")
 
 
 @dataclass
@@ -163,13 +203,31 @@ class SampleConfig:
 
 
 @dataclass
+class ImageSampleConfig:
+    """Image sampling defaults (the ``[sample]`` of image families): grids written during training."""
+
+    n: int = 64  # images per grid
+    nrow: int = 8  # images per grid row
+
+    def validate(self) -> None:
+        if not 1 <= self.n <= 4096:
+            raise AigcError(f"sample.n = {self.n}: expected 1 to 4096 images")
+        if not 1 <= self.nrow <= 256:
+            raise AigcError(f"sample.nrow = {self.nrow}: expected 1 to 256 images per row")
+
+
+@dataclass
 class RunConfig:
     """The whole config of a run: data, model (a family's config), train, sample."""
 
-    data: DataConfig
+    data: typing.Any  # DataConfig (text) or ImageDataConfig (images)
     model: typing.Any  # the family's config dataclass, e.g. GPTConfig
     train: TrainConfig
-    sample: SampleConfig
+    sample: typing.Any  # SampleConfig (text) or ImageSampleConfig (images)
+
+    @property
+    def is_image(self) -> bool:
+        return isinstance(self.data, ImageDataConfig)
 
     def to_dict(self) -> dict:
         from aigc.models import family_of
@@ -283,17 +341,21 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
         raise AigcError(f"{source}: missing config key 'model.family' (e.g. family = \"gpt\" or \"lstm\")")
     family = model.pop("family")
     cls = config_class(family)
-    classes = {"data": DataConfig, "model": cls, "train": TrainConfig, "sample": SampleConfig}
+    from aigc.models import IMAGE_FAMILIES
+
+    image = family in IMAGE_FAMILIES
+    classes = {"data": ImageDataConfig if image else DataConfig, "model": cls, "train": TrainConfig,
+               "sample": ImageSampleConfig if image else SampleConfig}
     for text, section, key, _ in parsed:  # a typo on the command line is the command line's, not the file's
         known = [f.name for f in fields(classes[section])] + (["family"] if section == "model" else [])
         if key not in known:
             raise AigcError(f"command line: unknown config key '{section}.{key}' in {text!r} "
                             f"(known keys: {', '.join(known)})")
     cfg = RunConfig(
-        data=build_dataclass(DataConfig, raw.get("data", {}), "data", source),
+        data=build_dataclass(classes["data"], raw.get("data", {}), "data", source),
         model=build_dataclass(cls, model, "model", source),
         train=build_dataclass(TrainConfig, raw.get("train", {}), "train", source),
-        sample=build_dataclass(SampleConfig, raw.get("sample", {}), "sample", source),
+        sample=build_dataclass(classes["sample"], raw.get("sample", {}), "sample", source),
     )
     cfg.validate()
     return cfg

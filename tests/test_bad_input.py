@@ -143,9 +143,9 @@ def test_model_folder_of_an_unknown_family(trained_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run / "checkpoints" / "step-000010", model)
     raw = json.loads((model / "config.json").read_text())
-    raw["family"] = "vae"
+    raw["family"] = "unet"
     (model / "config.json").write_text(json.dumps(raw))
-    assert_clean_error(run_cli("sample", str(model)), "'vae'")
+    assert_clean_error(run_cli("sample", str(model)), "'unet'")
 
 
 def test_output_folder_that_already_holds_a_run(trained_run, tmp_path, small_corpus):

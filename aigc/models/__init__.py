@@ -6,7 +6,7 @@ that needs our code to read::
     model.safetensors         the weights (tied weights stored once)
     config.json               the family's config dataclass plus "family"
     tokenizer.json            the tokenizer, for text models
-    generation_config.json    default sampling parameters
+    generation_config.json    default sampling parameters, for text models
 
 :func:`load_model_folder` rebuilds the model from config.json alone and loads
 the weights; every failure (missing files, another family, corrupt or truncated
@@ -25,14 +25,19 @@ from safetensors.torch import load_file, save_model
 
 from aigc.atomic import atomic_path, write_json
 from aigc.errors import AigcError
+from aigc.models.gan import DCGAN, DCGANConfig
 from aigc.models.lstm import LSTMConfig, LSTMLM
 from aigc.models.transformer import GPT, GPTConfig
+from aigc.models.vae import VAE, VAEConfig
 
 REGISTRY = {
     "gpt": (GPTConfig, GPT),
     "lstm": (LSTMConfig, LSTMLM),
+    "dcgan": (DCGANConfig, DCGAN),
+    "vae": (VAEConfig, VAE),
 }
 TEXT_FAMILIES = ("gpt", "lstm")
+IMAGE_FAMILIES = ("dcgan", "vae")
 
 
 def config_class(family: str):

@@ -46,19 +46,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
-def save_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer, tokenizer,
-                    generation_config: dict, state: dict, keep: int) -> Path:
-    """Write checkpoint ``step-{state['step']:06d}``, point ``latest`` at it, keep the newest ``keep``."""
+def save_checkpoint(run_dir: Path, model, optimizers: dict[str, torch.optim.Optimizer], tokenizer,
+                    generation_config: dict | None, state: dict, keep: int) -> Path:
+    """Write checkpoint ``step-{state['step']:06d}``, point ``latest`` at it, keep the newest ``keep``.
+
+    ``optimizers`` maps names to optimizers (``{"model": ...}``, or a GAN's discriminator and
+    generator); their tensors go to optimizer.safetensors as ``NAME.INDEX.KEY``.
+    """
     ckpts = checkpoint_dir(run_dir)
     name = f"step-{state['step']:06d}"
-    opt = optimizer.state_dict()
-    tensors = {f"{idx}.{key}": value.detach().contiguous().cpu()
-               for idx, entry in opt["state"].items() for key, value in entry.items()
-               if isinstance(value, torch.Tensor)}
+    tensors, groups = {}, {}
+    for opt_name, optimizer in optimizers.items():
+        opt = optimizer.state_dict()
+        groups[opt_name] = opt["param_groups"]
+        tensors.update({f"{opt_name}.{idx}.{key}": value.detach().contiguous().cpu()
+                        for idx, entry in opt["state"].items() for key, value in entry.items()
+                        if isinstance(value, torch.Tensor)})
     with atomic_dir(ckpts / name) as tmp:
         save_model_folder(tmp, model, tokenizer, generation_config)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        write_json(tmp / "state.json", {**state, "optimizer_param_groups": opt["param_groups"]})
+        write_json(tmp / "state.json", {**state, "optimizer_param_groups": groups})
     write_text(ckpts / "latest", name + "\n")
     old = sorted(p for p in ckpts.glob("step-*") if p.is_dir())
     for folder in old[:-keep]:
@@ -66,26 +73,30 @@ def save_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer, toke
     return ckpts / name
 
 
-def load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimizer from ``folder`` and return its state.json (loop state).
+def load_training_state(folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+    """Restore the optimizers from ``folder`` and return its state.json (loop state).
 
     Raises:
-        AigcError: missing, truncated or corrupt optimizer or state files.
+        AigcError: missing, truncated or corrupt optimizer or state files, or optimizers
+            that do not match the model.
     """
     try:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         tensors = load_file(str(folder / "optimizer.safetensors"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as e:
         raise AigcError(f"{folder}: truncated or corrupt checkpoint ({str(e).splitlines()[0]})") from None
-    opt_state: dict = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        opt_state.setdefault(int(idx), {})[name] = value
-    if not isinstance(state, dict) or "optimizer_param_groups" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer_param_groups"), dict):
         raise AigcError(f"{folder / 'state.json'}: corrupt (no optimizer_param_groups)")
     groups = state.pop("optimizer_param_groups")
-    try:
-        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    except (ValueError, KeyError) as e:
-        raise AigcError(f"{folder}: optimizer state does not match the model ({e})") from None
+    if set(groups) != set(optimizers):
+        raise AigcError(f"{folder}: optimizers {sorted(groups)} in the checkpoint, the model needs {sorted(optimizers)}")
+    opt_state: dict = {name: {} for name in optimizers}
+    for key, value in tensors.items():
+        opt_name, idx, name = key.split(".", 2)
+        opt_state.setdefault(opt_name, {}).setdefault(int(idx), {})[name] = value
+    for opt_name, optimizer in optimizers.items():
+        try:
+            optimizer.load_state_dict({"state": opt_state[opt_name], "param_groups": groups[opt_name]})
+        except (ValueError, KeyError) as e:
+            raise AigcError(f"{folder}: optimizer state does not match the model ({e})") from None
     return state

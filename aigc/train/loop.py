@@ -16,7 +16,7 @@ Run folder::
     metrics.jsonl    one JSON object per log or evaluation line
     loss.png         train and val loss curves
     checkpoints/     step-NNNNNN/ (model folder + optimizer + state.json), latest
-    samples/         text sampled at each checkpoint
+    samples/         text or an image grid sampled at each checkpoint
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from tqdm import tqdm
 from aigc.api import pick_device, set_threads
 from aigc.atomic import write_json, write_text
 from aigc.config import RunConfig, config_from_dict, read_toml
-from aigc.data.shards import TokenData, bits_per_char, data_key, default_prepared_dir, prepare
 from aigc.errors import AigcError
 from aigc.models import build_model, family_of, load_model_folder, read_model_config
 from aigc.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
-from aigc.train.objectives import lm_loss
+from aigc.train.tasks import make_task
 from aigc.train.plot import plot_losses
 
 
@@ -71,6 +70,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def environment() -> dict:
     """Versions and git commit recorded in run.json."""
     import numpy
+    import PIL
     import tokenizers
 
     import aigc
@@ -88,7 +88,7 @@ def environment() -> dict:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return {"aigc": aigc.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "tokenizers": tokenizers.__version__,
+            "numpy": numpy.__version__, "tokenizers": tokenizers.__version__, "pillow": PIL.__version__,
             "platform": platform.platform(), "git_commit": commit}
 
 
@@ -118,46 +118,12 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def ensure_prepared(cfg: RunConfig, progress: bool = True) -> TokenData:
-    """The prepared shards for ``cfg.data``, preparing them first when missing or stale."""
-    folder = default_prepared_dir(cfg.data)
-    meta = folder / "meta.json"
-    if meta.is_file():
-        try:
-            saved = json.loads(meta.read_text(encoding="utf-8")).get("data") or {}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            saved = {}
-        diff = [k for k, v in data_key(cfg.data).items() if saved.get(k) != v]
-        if diff:
-            raise AigcError(f"{folder}: holds data prepared with other settings (differs in data."
-                            f"{', data.'.join(diff)}); set data.prepared_dir to another folder, or delete this one")
-        return TokenData(folder)
-    print(f"preparing {folder} ...", file=sys.stderr)
-    prepare(cfg.data, folder, progress=progress)
-    return TokenData(folder)
-
-
 def _autocast(device: torch.device, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext()
     if dtype == "float16" and device.type != "cuda":
         raise AigcError("train.dtype = 'float16' needs a CUDA device; use bfloat16 on CPU")
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
-
-
-@torch.no_grad()
-def estimate_loss(model, data: TokenData, cfg: RunConfig, device, split: str) -> float:
-    """Mean loss over ``eval_batches`` batches of ``split``, the same batches at every evaluation."""
-    model.eval()
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    losses = []
-    for _ in range(cfg.train.eval_batches):
-        x, y = data.batch(split, cfg.train.batch_size, cfg.model.block_size, gen)
-        with _autocast(device, cfg.train.dtype):
-            loss, _ = lm_loss(model, (x.to(device), y.to(device)))
-        losses.append(loss.item())
-    model.train()
-    return sum(losses) / len(losses)
 
 
 def _open_run(cfg: RunConfig, resume: bool):
@@ -182,8 +148,9 @@ def _open_run(cfg: RunConfig, resume: bool):
         if family_of(saved) != family_of(cfg.model):
             raise AigcError(f"{run_dir}: holds a {family_of(saved)!r} run; the config asks for "
                             f"{family_of(cfg.model)!r}")
+        from_data = {"vocab_size", "n_classes", "classes", "channels", "image_size"}  # checked against the data
         diff = [k for k, v in dataclasses.asdict(cfg.model).items()
-                if dataclasses.asdict(saved)[k] != v and k != "vocab_size"]  # vocab: checked against the data
+                if dataclasses.asdict(saved)[k] != v and k not in from_data]
         if diff:
             raise AigcError(f"{run_dir}: the checkpoint's model differs from the config in: {', '.join(diff)}")
     return run_dir, ckpt, saved
@@ -223,43 +190,45 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     run_dir, ckpt, saved = _open_run(cfg, resume)
     device = pick_device(cfg.train.device)
     _autocast(device, cfg.train.dtype)  # an impossible dtype fails before anything is written
-    data = ensure_prepared(cfg, progress)
-    tokenizer = data.tokenizer
+    task = make_task(cfg, device, progress)
     set_threads(cfg.train.threads, "train.threads")
     if cfg.train.init_from:
         base = load_model_folder(cfg.train.init_from, families=(family_of(cfg.model),))
         cfg.model = base.config
-    if cfg.model.vocab_size != tokenizer.vocab_size and not cfg.train.init_from:
-        cfg.model.vocab_size = tokenizer.vocab_size  # the model's vocabulary is the tokenizer's
+    task.configure_model(cfg.model, from_base=bool(cfg.train.init_from))
     cfg.validate()
-    data.check_block_size(cfg.model.block_size)
+    task.check_model(cfg.model)
     if saved is not None and dataclasses.asdict(saved) != dataclasses.asdict(cfg.model):
-        raise AigcError(f"{run_dir}: the checkpoint's vocabulary ({saved.vocab_size}) differs "
-                        f"from the tokenizer of the data ({tokenizer.vocab_size}); resume with the run's own data")
+        raise AigcError(f"{run_dir}: {task.mismatch_message(saved)}")
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     if cfg.train.init_from:
         model.load_state_dict(base.state_dict())
     model.to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                  betas=(cfg.train.beta1, cfg.train.beta2),
-                                  fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(enabled=cfg.train.dtype == "float16")
+    t = cfg.train
+    updates = task.updates(model)
+    optimizers = {u.name: torch.optim.AdamW(param_groups(u.module, t.weight_decay), lr=t.lr,
+                                            betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+                  for u in updates}
+    own = {u.name: {id(p) for p in u.module.parameters()} for u in updates}
+    frozen = {u.name: [p for v in updates if v is not u for p in v.module.parameters()
+                       if p.requires_grad and id(p) not in own[u.name]] for u in updates}
+    scaler = torch.amp.GradScaler(enabled=t.dtype == "float16")
     metrics_path = run_dir / "metrics.jsonl"
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None}
+    state = {"step": 0, task.unit: 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val_loss": None}
     if ckpt is not None:
         resumed = load_model_folder(ckpt, device)
         model.load_state_dict(resumed.state_dict())
-        state.update(load_training_state(ckpt, optimizer))
+        state.update(load_training_state(ckpt, optimizers))
         _truncate_metrics(metrics_path, state["step"])
         print(f"resuming {run_dir} from {ckpt.name}", file=sys.stderr)
     elif resume:
         _truncate_metrics(metrics_path, 0)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", cfg.to_toml())
-    run_info = {"seed": cfg.train.seed, "command": argv or sys.argv, "device": str(device),
-                "prepared_data": str(data.folder), "data_meta": data.meta, **environment()}
+    run_info = {"seed": t.seed, "command": argv or sys.argv, "device": str(device),
+                "prepared_data": str(task.data.folder), "data_meta": task.data.meta, **environment()}
     try:
         old_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -269,48 +238,29 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     run_info["resumed"] = old_info.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if ckpt else [])
     write_json(run_dir / "run.json", run_info)
 
-    t = cfg.train
-    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
-    tpc = data.tokens_per_char("val")
-    gen_config = dataclasses.asdict(cfg.sample)
+    items_per_step = task.items_per_step()
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters, {data.meta['splits']['train']['tokens']:,} "
-          f"train tokens, {tokens_per_step:,} tokens/step, device {device}", file=sys.stderr)
+    print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters, {task.describe()}, "
+          f"{items_per_step:,} {task.unit}/step, device {device}", file=sys.stderr)
+    title = f"{run_dir.name}: {family_of(cfg.model)}"
 
     def log(row: dict) -> None:
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def evaluate(step: int) -> None:
-        val = estimate_loss(model, data, cfg, device, "val")
-        row = {"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50)),
-               "val_bpc": bits_per_char(val, tpc), "tokens": state["tokens"], "elapsed_s": state["elapsed_s"]}
-        log(row)
-        if state["best_val_loss"] is None or val < state["best_val_loss"]:
+        row, message = task.evaluate(model, lambda: _autocast(device, t.dtype))
+        log({"step": step, **row, task.unit: state[task.unit], "elapsed_s": state["elapsed_s"]})
+        val = row.get("val_loss")
+        if val is not None and (state["best_val_loss"] is None or val < state["best_val_loss"]):
             state["best_val_loss"] = val
-        plot_losses(metrics_path, run_dir / "loss.png", f"{run_dir.name}: {family_of(cfg.model)}")
-        bar.write(f"step {step}: val loss {val:.4f}, perplexity {row['val_ppl']:.2f}, "
-                  f"bits/char {row['val_bpc']:.4f}")
+        plot_losses(metrics_path, run_dir / "loss.png", title)
+        bar.write(f"step {step}: {message}")
 
     def checkpoint(step: int) -> None:
         model.eval()
-        save_checkpoint(run_dir, model, optimizer, tokenizer, gen_config, dict(state), t.keep_checkpoints)
-        model.train()
-
-    def write_sample(step: int) -> None:
-        from aigc.api import TextModel
-
-        model.eval()
-        tm = TextModel(model, tokenizer, dataclasses.replace(cfg.sample), run_dir)
-        prompts = cfg.sample.prompts or [""]
-        lines = []
-        for p in prompts:
-            try:
-                text = tm.generate(p, n=1, seed=t.seed, max_new_tokens=min(cfg.sample.max_new_tokens, 128))[0]
-            except AigcError as e:
-                text = f"({e})"
-            lines.append(f"--- prompt: {p!r}\n{text}\n")
-        write_text(run_dir / "samples" / f"step-{step:06d}.txt", "\n".join(lines))
+        save_checkpoint(run_dir, model, optimizers, task.tokenizer, task.generation_config, dict(state),
+                        t.keep_checkpoints)
         model.train()
 
     step = state["step"]
@@ -319,62 +269,79 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
               f"(raise it to continue, e.g. --train.max_steps={2 * t.max_steps})", file=sys.stderr)
         return run_dir
     start_time = time.time() - state["elapsed_s"]
+    start_cpu = time.process_time() - state.get("cpu_s", 0.0)
     limit_s = t.max_minutes * 60
     bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
-    window_tokens, window_start = 0, time.time()
+    window_items, window_start = 0, time.time()
     with _StopFlag() as stop:
         while step < t.max_steps:
-            elapsed = time.time() - start_time
+            elapsed = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
             if limit_s and elapsed >= limit_s:
-                bar.write(f"time limit of {t.max_minutes} minutes reached at step {step}")
+                bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}")
                 break
             progress_frac = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
             if limit_s:
                 progress_frac = max(progress_frac, elapsed / limit_s)
             lr = lr_at(progress_frac, step, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             torch.manual_seed(t.seed * 1_000_003 + step)  # dropout of this step
             batch_gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
-            loss_sum = 0.0
-            for _ in range(t.grad_accum):
-                x, y = data.batch("train", t.batch_size, cfg.model.block_size, batch_gen)
-                with _autocast(device, t.dtype):
-                    loss, _ = lm_loss(model, (x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
-                scaler.scale(loss / t.grad_accum).backward()
-                loss_sum += loss.item()
-            if t.grad_clip:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip).item()
-            else:
-                grad_norm = None
-            scaler.step(optimizer)
+            row = {"step": step + 1}
+            for u in updates:
+                optimizer = optimizers[u.name]
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                others = frozen[u.name]
+                for p in others:  # no gradients for the other optimizer's parameters in this update
+                    p.requires_grad_(False)
+                loss_sum, logs_sum = 0.0, {}
+                for _ in range(t.grad_accum):
+                    batch = task.batch(batch_gen)
+                    with _autocast(device, t.dtype):
+                        loss, logs = u.objective(model, batch, batch_gen)
+                    scaler.scale(loss / t.grad_accum).backward()
+                    loss_sum += loss.item()
+                    for k, v in logs.items():
+                        logs_sum[k] = logs_sum.get(k, 0.0) + v / t.grad_accum
+                for p in others:
+                    p.requires_grad_(True)
+                if t.grad_clip:
+                    scaler.unscale_(optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(u.module.parameters(), t.grad_clip).item()
+                    row["grad_norm" if len(updates) == 1 else f"{u.name}_grad_norm"] = norm
+                scaler.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+                row[u.loss_key] = loss_sum / t.grad_accum
+                row.update(logs_sum)
+                if not math.isfinite(row[u.loss_key]):
+                    bar.close()
+                    what = {"d_loss": "discriminator loss", "g_loss": "generator loss"}.get(u.loss_key, "training loss")
+                    raise AigcError(f"the {what} became {row[u.loss_key]} at step {step + 1}; "
+                                    f"no checkpoint written (a lower train.lr than {t.lr} usually helps); the last "
+                                    "good checkpoint is kept")
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            task.after_step(model)
             step += 1
             state["step"] = step
-            state["tokens"] += tokens_per_step
+            state[task.unit] += items_per_step
             state["elapsed_s"] = time.time() - start_time
-            window_tokens += tokens_per_step
-            train_loss = loss_sum / t.grad_accum
-            if not math.isfinite(train_loss):
-                bar.close()
-                raise AigcError(f"the training loss became {train_loss} at step {step}; no checkpoint written "
-                                f"(a lower train.lr than {t.lr} usually helps); the last good checkpoint is kept")
+            state["cpu_s"] = time.process_time() - start_cpu
+            window_items += items_per_step
             bar.update(1)
             if step % t.log_interval == 0 or step == t.max_steps:
                 now = time.time()
-                tok_s = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                log({"step": step, "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                     "tokens": state["tokens"], "tokens_per_s": tok_s, "elapsed_s": state["elapsed_s"]})
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.1e}")
+                rate = window_items / max(now - window_start, 1e-9)
+                window_items, window_start = 0, now
+                row.update({"lr": lr, task.unit: state[task.unit], f"{task.unit}_per_s": rate,
+                            "elapsed_s": state["elapsed_s"], "cpu_s": state["cpu_s"]})
+                log(row)
+                shown = {k.replace("train_", ""): f"{row[k]:.3f}" for k in (u.loss_key for u in updates)}
+                bar.set_postfix(**shown, **{f"{task.unit[:3]}_s": f"{rate:,.0f}"}, lr=f"{lr:.1e}")
             if step % t.eval_interval == 0:
                 evaluate(step)
             if step % t.checkpoint_interval == 0:
                 checkpoint(step)
-                write_sample(step)
+                task.write_sample(model, run_dir, step)
             if stop.set:
                 break
         final = state["step"]
@@ -382,12 +349,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
             evaluate(final)
         if final % t.checkpoint_interval != 0:
             checkpoint(final)
-            write_sample(final)
+            task.write_sample(model, run_dir, final)
     bar.close()
     if stop.set:
         print(f"stopped at step {final}; checkpoint written; continue with: aigc train {run_dir} --resume",
               file=sys.stderr)
         raise KeyboardInterrupt
     return run_dir
-
-

@@ -21,3 +21,46 @@ def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) ->
     logits = model(x)  # (B, T, V)
     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
     return loss, {"loss": loss.item()}
+
+
+def vae_loss(model, batch, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """VAE loss per image in nats: reconstruction + beta * KL (the negative ELBO when beta = 1).
+
+    Args:
+        batch: images ``(B, C, S, S)`` float32 in [-1, 1] and labels ``(B,)`` int64 (or None).
+        gen: generator of the reparameterisation noise.
+    Returns:
+        scalar loss and logs: ``elbo`` (always with beta = 1), ``recon`` and ``kl``, each a mean per image.
+    """
+    x, y = batch
+    out, mu, logvar = model(x, y, gen)
+    recon, kl = model.loss_terms(x, out, mu, logvar)
+    loss = (recon + model.config.beta * kl).mean()
+    return loss, {"elbo": -(recon + kl).mean().item(), "recon": recon.mean().item(), "kl": kl.mean().item()}
+
+
+def gan_d_loss(model, batch, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Discriminator loss on a real batch and as many fakes (generated with the batch's labels).
+
+    hinge (Lim & Ye 2017): ``E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]``;
+    ns (Goodfellow et al. 2014): ``E[softplus(-D(x))] + E[softplus(D(G(z)))]``, i.e. binary cross-entropy.
+    Logs the mean real and fake logits (``d_real``, ``d_fake``).
+    """
+    x, y = batch
+    with torch.no_grad():
+        fake = model.generator(model.noise(len(x), gen), y)
+    real_logits = model.discriminator(x, y).float()
+    fake_logits = model.discriminator(fake, y).float()
+    if model.config.loss == "hinge":
+        loss = F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    else:
+        loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    return loss, {"d_real": real_logits.mean().item(), "d_fake": fake_logits.mean().item()}
+
+
+def gan_g_loss(model, batch, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Generator loss: hinge ``-E[D(G(z))]``; ns (non-saturating) ``E[softplus(-D(G(z)))]``."""
+    x, y = batch
+    logits = model.discriminator(model.generator(model.noise(len(x), gen), y), y).float()
+    loss = -logits.mean() if model.config.loss == "hinge" else F.softplus(-logits).mean()
+    return loss, {}

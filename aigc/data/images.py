@@ -1,0 +1,363 @@
+"""Image sources and prepared image datasets.
+
+Sources (``data.source``, or the named dataset ``fashion-mnist``):
+
+- **IDX** (LeCun's MNIST format, gzipped or raw): a folder holding
+  ``train-images-idx3-ubyte[.gz]`` (+ ``train-labels-idx1-ubyte[.gz]``) and optionally
+  ``t10k-images…``/``t10k-labels…`` as the held-out split; or one images file.
+- **a folder of images** (PNG, JPEG, BMP, GIF, WebP in any mode: 16-bit, CMYK,
+  palette, alpha): converted to ``channels`` and ``image_size``. Images in
+  sub-folders take the sub-folder's name as their class (the ImageFolder layout).
+- **.npy / .npz** arrays: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``, uint8
+  in [0, 255] or floats in [0, 1]; an .npz may hold ``labels`` (or ``y``) beside
+  ``images`` (or ``x``).
+
+``aigc prepare`` (or the first ``aigc train``) writes the dataset once as uint8
+arrays ``(N, C, H, W)`` in ``.npy`` files plus ``meta.json``; training reads those
+and scales pixels to [-1, 1]. Where a source has no held-out split, a seeded
+``val_fraction`` of the images is held out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aigc.atomic import atomic_dir, write_json
+from aigc.errors import AigcError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+IMAGE_DATASETS = {
+    "fashion-mnist": {
+        "path": FASHION_MNIST_DIR,
+        "classes": FASHION_CLASSES,
+        "description": "Fashion-MNIST (Xiao et al. 2017, MIT): 60k + 10k grayscale 28x28 images, 10 classes "
+                       "(Debian dataset-fashion-mnist)",
+    },
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+# ---------------------------------------------------------------- IDX
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into an array of its stored shape.
+
+    Format (LeCun et al., MNIST): two zero bytes, a type code (0x08 = uint8, ...),
+    the number of dimensions, each dimension as a big-endian uint32, then the data.
+
+    Raises:
+        AigcError: a wrong magic number, an unknown type code, or a body shorter or
+            longer than the header says, naming the file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise AigcError(f"{path}: cannot read as an IDX file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or not 1 <= raw[3] <= 4:
+        raise AigcError(f"{path}: wrong magic number {raw[:4].hex() or '(empty file)'}; an IDX file starts with "
+                        "00 00, a type code (08 for uint8) and its number of dimensions")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise AigcError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    body = len(raw) - header
+    if body != expected:
+        raise AigcError(f"{path}: truncated or corrupt IDX body: header says {shape} ({expected:,} bytes), "
+                        f"file holds {body:,}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx_folder(folder: Path) -> dict:
+    """The splits of a folder of MNIST-style IDX files: {"train": (images, labels), "test": ...}."""
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _find(folder, f"{prefix}-images-idx3-ubyte")
+        if images is None:
+            continue
+        labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
+        x = read_idx(images)
+        y = read_idx(labels).astype(np.int64) if labels is not None else None
+        if y is not None and len(y) != len(x):
+            raise AigcError(f"{labels}: {len(y)} labels for {len(x)} images in {images.name}")
+        splits[split] = (x, y)
+    if "train" not in splits:
+        raise AigcError(f"{folder}: no train-images-idx3-ubyte[.gz] file (expected the MNIST/Fashion-MNIST "
+                        "IDX file names)")
+    return splits
+
+
+# ---------------------------------------------------------------- image files
+def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarray:
+    """One PIL image -> uint8 ``(channels, size, size)``: any mode converted, resized if allowed.
+
+    16-bit and 32-bit grayscale are scaled to 8 bits by their range; CMYK, palette and
+    alpha images are converted through RGB (alpha composited on white).
+
+    Raises:
+        AigcError: a size other than ``size`` when ``resize`` is False.
+    """
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size, size):
+        if not resize:
+            raise AigcError(f"{name}: {img.size[0]}x{img.size[1]} pixels, expected {size}x{size} "
+                            "(set data.resize = true to resize)")
+        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if channels == 1 else a.transpose(2, 0, 1)
+
+
+def read_image_folder(folder: Path, channels: int, size: int, resize: bool, progress: bool = True):
+    """Every image under ``folder`` -> (uint8 (N, C, H, W), labels or None, class names).
+
+    Raises:
+        AigcError: no images, or an image that cannot be decoded (named).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AigcError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
+    labelled = classes and all(len(p.relative_to(folder).parts) > 1 for p in files)
+    out = np.empty((len(files), channels, size, size), np.uint8)
+    for i, p in enumerate(tqdm(files, desc="images", unit="img", disable=not progress, file=sys.stderr)):
+        try:
+            with Image.open(p) as img:
+                img.load()
+                out[i] = to_array(img, channels, size, resize, str(p))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise AigcError(f"{p}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+                from None
+    labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files], np.int64) if labelled else None
+    return out, labels, (classes if labelled else [])
+
+
+def _normalise_array(x: np.ndarray, channels: int, size: int, resize: bool, name: str) -> np.ndarray:
+    """An array of images in a common layout -> uint8 (N, channels, size, size)."""
+    from PIL import Image
+
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4) or len(x) == 0:
+        raise AigcError(f"{name}: array of shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) "
+                        "with C in 1, 3, 4 and N > 0")
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise AigcError(f"{name}: float pixels must be finite and in [0, 1]")
+        x = np.round(x * 255).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        if x.dtype.kind not in "iu" or x.min() < 0 or x.max() > 255:
+            raise AigcError(f"{name}: {x.dtype} pixels; expected uint8 in [0, 255] or floats in [0, 1]")
+        x = x.astype(np.uint8)
+    if x.shape[1] == channels and x.shape[2:] == (size, size):
+        return np.ascontiguousarray(x)
+    out = np.empty((len(x), channels, size, size), np.uint8)
+    for i, a in enumerate(x):
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[0]]
+        img = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0), mode)
+        out[i] = to_array(img, channels, size, resize, f"{name}[{i}]")
+    return out
+
+
+def read_array_file(path: Path, channels: int, size: int, resize: bool):
+    """A .npy or .npz file -> (uint8 (N, C, H, W), labels or None). Never unpickles."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise AigcError(f"{path}: cannot read as {path.suffix} ({str(e).splitlines()[0]})") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.keys())
+            key = next((k for k in ("images", "x", "x_train") if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise AigcError(f"{path}: which array holds the images? expected a key 'images' or 'x' "
+                                f"(found: {', '.join(keys)})")
+            x = loaded[key]
+            lkey = next((k for k in ("labels", "y", "y_train") if k in keys), None)
+            if lkey is not None:
+                labels = loaded[lkey].astype(np.int64).reshape(-1)
+    else:
+        x = loaded
+    x = _normalise_array(x, channels, size, resize, str(path))
+    if labels is not None and len(labels) != len(x):
+        raise AigcError(f"{path}: {len(labels)} labels for {len(x)} images")
+    return x, labels
+
+
+# ---------------------------------------------------------------- prepare
+def source_name(cfg) -> str:
+    if cfg.dataset:
+        return cfg.dataset
+    return Path(cfg.source).stem or "images"
+
+
+def default_image_prepared_dir(cfg) -> Path:
+    if cfg.prepared_dir:
+        return Path(cfg.prepared_dir)
+    return Path("prepared") / f"{source_name(cfg)}-{cfg.channels}x{cfg.image_size}"
+
+
+def image_data_key(cfg) -> dict:
+    """The settings that determine the prepared arrays (a change means a new folder)."""
+    src = str(Path(cfg.source).resolve()) if cfg.source else ""
+    return {"dataset": cfg.dataset, "source": src, "format": cfg.format, "image_size": cfg.image_size,
+            "channels": cfg.channels, "resize": cfg.resize, "val_fraction": cfg.val_fraction,
+            "split_seed": cfg.split_seed}
+
+
+def load_source(cfg, progress: bool = True):
+    """Read the source of ``cfg`` -> ({"train": (x, y), "val": (x, y)}, class names, description)."""
+    resize = cfg.resize
+    if cfg.dataset:
+        if cfg.dataset not in IMAGE_DATASETS:
+            raise AigcError(f"data.dataset = {cfg.dataset!r}: unknown image dataset (known: "
+                            f"{', '.join(IMAGE_DATASETS)})")
+        spec = IMAGE_DATASETS[cfg.dataset]
+        folder = Path(cfg.source) if cfg.source else spec["path"]
+        if _find(folder, "train-images-idx3-ubyte") is None:
+            raise AigcError(f"{folder}: the {cfg.dataset} IDX files are not there; install them with "
+                            "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set data.source "
+                            "to a folder holding train-images-idx3-ubyte.gz and the other three files")
+        splits = read_idx_folder(folder)
+        classes = spec["classes"]
+        fmt = "idx"
+    else:
+        path = Path(cfg.source)
+        if not path.exists():
+            raise AigcError(f"{path}: data.source not found")
+        fmt = cfg.format
+        if fmt == "auto":
+            if path.is_dir():
+                fmt = "idx" if _find(path, "train-images-idx3-ubyte") else "folder"
+            elif path.suffix in (".npy", ".npz"):
+                fmt = "npy"
+            else:
+                fmt = "idx"
+        classes = []
+        if fmt == "idx":
+            splits = read_idx_folder(path) if path.is_dir() else {"train": (read_idx(path), None)}
+        elif fmt == "folder":
+            if not path.is_dir():
+                raise AigcError(f"{path}: data.format = 'folder' needs a folder of images")
+            x, y, classes = read_image_folder(path, cfg.channels, cfg.image_size, resize, progress)
+            splits = {"train": (x, y)}
+        else:
+            splits = {"train": read_array_file(path, cfg.channels, cfg.image_size, resize)}
+    out = {}
+    for name, (x, y) in splits.items():
+        out[name] = (_normalise_array(x, cfg.channels, cfg.image_size, resize, f"{name} images"), y)
+    if out["train"][1] is not None and not classes:
+        classes = [str(i) for i in range(int(out["train"][1].max()) + 1)]
+    if "test" in out:
+        result = {"train": out["train"], "val": out["test"]}
+    else:
+        x, y = out["train"]
+        if len(x) < 2:
+            raise AigcError(f"{cfg.source or cfg.dataset}: {len(x)} image(s); need at least 2 to hold one out")
+        perm = np.random.default_rng(cfg.split_seed).permutation(len(x))
+        n_val = max(1, int(round(len(x) * cfg.val_fraction)))
+        val, train = perm[:n_val], perm[n_val:]
+        result = {"train": (x[train], None if y is None else y[train]),
+                  "val": (x[val], None if y is None else y[val])}
+    return result, classes, fmt
+
+
+def prepare_images(cfg, out: str | Path | None = None, progress: bool = True) -> Path:
+    """Read the image source of ``cfg`` and write the prepared dataset folder atomically."""
+    folder = Path(out) if out else default_image_prepared_dir(cfg)
+    if folder.exists() and any(folder.iterdir()) and not (folder / "meta.json").is_file():
+        raise AigcError(f"{folder}: exists and is not a prepared dataset; choose another --out")
+    splits, classes, fmt = load_source(cfg, progress)
+    with atomic_dir(folder) as tmp:
+        meta = {"kind": "images", "data": image_data_key(cfg), "format": fmt, "classes": classes,
+                "channels": cfg.channels, "image_size": cfg.image_size, "splits": {}}
+        for name, (x, y) in splits.items():
+            np.save(tmp / f"{name}-images.npy", x)
+            if y is not None:
+                np.save(tmp / f"{name}-labels.npy", y)
+            meta["splits"][name] = {"images": int(len(x)), "labelled": y is not None}
+        write_json(tmp / "meta.json", meta)
+    return folder
+
+
+class ImageData:
+    """A prepared image dataset: uint8 arrays kept in memory, batches scaled to [-1, 1].
+
+    Attributes:
+        classes: class names (empty when unlabelled); ``labels[split]`` int64 or None.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+            self.images = {s: np.load(self.folder / f"{s}-images.npy", allow_pickle=False) for s in ("train", "val")}
+            self.labels = {s: (np.load(self.folder / f"{s}-labels.npy", allow_pickle=False)
+                               if self.meta["splits"][s]["labelled"] else None) for s in ("train", "val")}
+        except (OSError, ValueError, KeyError) as e:
+            raise AigcError(f"{self.folder}: not a complete prepared image dataset ({e}); delete it and "
+                            "prepare again") from None
+        self.classes = list(self.meta.get("classes") or [])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images["train"].shape[1:])
+
+    def tensors(self, split: str, idx=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``(N, C, H, W) float32`` in [-1, 1] and labels ``(N,) int64`` (or None)."""
+        x = self.images[split] if idx is None else self.images[split][idx]
+        y = self.labels[split]
+        y = None if y is None else torch.from_numpy(np.ascontiguousarray(y if idx is None else y[idx]))
+        return to_signed(torch.from_numpy(np.ascontiguousarray(x))), y
+
+    def batch(self, split: str, batch_size: int, gen: torch.Generator):
+        """A random batch (with replacement across steps, without inside one): ``(x, y)`` as in :meth:`tensors`."""
+        n = len(self.images[split])
+        idx = torch.randint(n, (batch_size,), generator=gen).numpy()
+        return self.tensors(split, idx)
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [0, 255] -> float32 [-1, 1]."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float pixels [-1, 1] (clamped) -> uint8 [0, 255]."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

@@ -1,0 +1,268 @@
+"""What the training loop needs to know about a kind of data: its dataset, updates, evaluation and samples.
+
+The loop (:mod:`aigc.train.loop`) is the same for every family. A task gives it:
+
+- ``updates(model)``: a list of :class:`Update` (an optimizer's parameters and an
+  objective ``(model, batch, gen) -> (loss, logs)``). Text models and the VAE have one;
+  a GAN has two (discriminator, then generator), each with its own AdamW;
+- ``batch(gen)``: a training micro-batch, drawn from a seeded generator;
+- ``evaluate(model)``: a metrics row and a one-line message;
+- ``write_sample(model, run_dir, step)``: text or an image grid in ``samples/``;
+- ``after_step(model)``: e.g. the GAN's EMA update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from aigc.atomic import write_text
+from aigc.errors import AigcError
+from aigc.train import objectives
+
+
+@dataclass
+class Update:
+    """One optimizer step per training step: ``objective`` on the parameters ``params`` of optimizer ``name``."""
+
+    name: str  # "model" for single-optimizer families; "discriminator" / "generator" for GANs
+    module: torch.nn.Module  # whose parameters this optimizer owns
+    objective: Callable  # (model, batch, gen) -> (loss, logs)
+    loss_key: str = "train_loss"  # the metrics key of its loss
+
+
+def _check_prepared(folder: Path, key: dict) -> bool:
+    """True when ``folder`` holds data prepared with ``key``; an error when it holds other data."""
+    meta = folder / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        saved = json.loads(meta.read_text(encoding="utf-8")).get("data") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        saved = {}
+    diff = [k for k, v in key.items() if saved.get(k) != v]
+    if diff:
+        raise AigcError(f"{folder}: holds data prepared with other settings (differs in data."
+                        f"{', data.'.join(diff)}); set data.prepared_dir to another folder, or delete this one")
+    return True
+
+
+def ensure_prepared(cfg, progress: bool = True):
+    """The prepared dataset for ``cfg.data`` (token shards or image arrays), preparing it when missing.
+
+    Raises:
+        AigcError: the prepared folder holds data made with other settings, or the source is bad.
+    """
+    if cfg.is_image:
+        from aigc.data.images import ImageData, default_image_prepared_dir, image_data_key, prepare_images
+
+        folder = default_image_prepared_dir(cfg.data)
+        if not _check_prepared(folder, image_data_key(cfg.data)):
+            print(f"preparing {folder} ...", file=sys.stderr)
+            prepare_images(cfg.data, folder, progress=progress)
+        return ImageData(folder)
+    from aigc.data.shards import TokenData, data_key, default_prepared_dir, prepare
+
+    folder = default_prepared_dir(cfg.data)
+    if not _check_prepared(folder, data_key(cfg.data)):
+        print(f"preparing {folder} ...", file=sys.stderr)
+        prepare(cfg.data, folder, progress=progress)
+    return TokenData(folder)
+
+
+def make_task(cfg, device, progress: bool = True):
+    """The task of ``cfg``: :class:`TextTask` or :class:`ImageTask`."""
+    data = ensure_prepared(cfg, progress)
+    return ImageTask(cfg, data, device) if cfg.is_image else TextTask(cfg, data, device)
+
+
+class TextTask:
+    """Next-token prediction on token shards (``gpt``, ``lstm``)."""
+
+    unit = "tokens"
+
+    def __init__(self, cfg, data, device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.tokenizer = data.tokenizer
+        self.generation_config = dataclasses.asdict(cfg.sample)
+        self.tpc = data.tokens_per_char("val")
+
+    def configure_model(self, model_cfg, from_base: bool) -> None:
+        """Fit the model config to the data: its vocabulary is the tokenizer's."""
+        if model_cfg.vocab_size != self.tokenizer.vocab_size and not from_base:
+            model_cfg.vocab_size = self.tokenizer.vocab_size
+
+    def check_model(self, model_cfg) -> None:
+        self.data.check_block_size(model_cfg.block_size)
+
+    def mismatch_message(self, saved) -> str:
+        return (f"the checkpoint's vocabulary ({saved.vocab_size}) differs from the tokenizer of the data "
+                f"({self.tokenizer.vocab_size}); resume with the run's own data")
+
+    def items_per_step(self) -> int:
+        t = self.cfg.train
+        return t.batch_size * t.grad_accum * self.cfg.model.block_size
+
+    def describe(self) -> str:
+        return f"{self.data.meta['splits']['train']['tokens']:,} train tokens"
+
+    def updates(self, model) -> list[Update]:
+        return [Update("model", model, lambda m, b, g: objectives.lm_loss(m, b))]
+
+    def batch(self, gen: torch.Generator, split: str = "train"):
+        x, y = self.data.batch(split, self.cfg.train.batch_size, self.cfg.model.block_size, gen)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def after_step(self, model) -> None:
+        pass
+
+    @torch.no_grad()
+    def evaluate(self, model, autocast) -> tuple[dict, str]:
+        from aigc.data.shards import bits_per_char
+
+        model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed + 1)
+        losses = []
+        for _ in range(self.cfg.train.eval_batches):
+            with autocast():
+                loss, _ = objectives.lm_loss(model, self.batch(gen, "val"))
+            losses.append(loss.item())
+        model.train()
+        val = sum(losses) / len(losses)
+        row = {"val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpc": bits_per_char(val, self.tpc)}
+        return row, f"val loss {val:.4f}, perplexity {row['val_ppl']:.2f}, bits/char {row['val_bpc']:.4f}"
+
+    def write_sample(self, model, run_dir: Path, step: int) -> None:
+        from aigc.api import TextModel
+
+        model.eval()
+        cfg = self.cfg
+        tm = TextModel(model, self.tokenizer, dataclasses.replace(cfg.sample), run_dir)
+        lines = []
+        for p in cfg.sample.prompts or [""]:
+            try:
+                text = tm.generate(p, n=1, seed=cfg.train.seed, max_new_tokens=min(cfg.sample.max_new_tokens, 128))[0]
+            except AigcError as e:
+                text = f"({e})"
+            lines.append(f"--- prompt: {p!r}\n{text}\n")
+        write_text(run_dir / "samples" / f"step-{step:06d}.txt", "\n".join(lines))
+        model.train()
+
+
+class ImageTask:
+    """Image generation on a prepared image dataset (``dcgan``, ``vae``)."""
+
+    unit = "images"
+
+    def __init__(self, cfg, data, device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.tokenizer = None
+        self.generation_config = None
+
+    def configure_model(self, model_cfg, from_base: bool) -> None:
+        """Fit the model config to the data: its image shape and (when conditional) its classes."""
+        c, h, w = self.data.shape
+        if (model_cfg.channels, model_cfg.image_size) != (c, h):
+            if from_base:
+                raise AigcError(f"the base model makes {model_cfg.channels}x{model_cfg.image_size} images, the data "
+                                f"holds {c}x{h}; set data.channels and data.image_size to match")
+            model_cfg.channels, model_cfg.image_size = c, h
+        if model_cfg.conditional:
+            if not self.data.classes or self.data.labels["train"] is None:
+                raise AigcError(f"model.conditional = true but {self.data.folder} has no labels (use a labelled "
+                                "source: IDX with label files, an image folder with one sub-folder per class, "
+                                "or an .npz with 'labels')")
+            model_cfg.n_classes, model_cfg.classes = len(self.data.classes), list(self.data.classes)
+        elif not from_base:
+            model_cfg.n_classes, model_cfg.classes = 0, []
+
+    def check_model(self, model_cfg) -> None:
+        pass
+
+    def mismatch_message(self, saved) -> str:
+        return (f"the checkpoint's images ({saved.channels}x{saved.image_size}, classes {saved.classes}) differ from "
+                "the data's; resume with the run's own data")
+
+    def items_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.train.grad_accum
+
+    def describe(self) -> str:
+        c, h, w = self.data.shape
+        n = len(self.data.images["train"])
+        labels = f", {len(self.data.classes)} classes" if self.data.classes else ""
+        return f"{n:,} train images of {c}x{h}x{w}{labels}"
+
+    def updates(self, model) -> list[Update]:
+        if model.family == "dcgan":
+            return [Update("discriminator", model.discriminator, objectives.gan_d_loss, "d_loss"),
+                    Update("generator", model.generator, objectives.gan_g_loss, "g_loss")]
+        return [Update("model", model, objectives.vae_loss)]
+
+    def _labels(self, y):
+        return y.to(self.device) if (y is not None and self.cfg.model.conditional) else None
+
+    def batch(self, gen: torch.Generator, split: str = "train"):
+        x, y = self.data.batch(split, self.cfg.train.batch_size, gen)
+        return x.to(self.device, non_blocking=True), self._labels(y)
+
+    def after_step(self, model) -> None:
+        if model.family == "dcgan":
+            model.update_ema()
+
+    @torch.no_grad()
+    def evaluate(self, model, autocast) -> tuple[dict, str]:
+        model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed + 1)
+        if model.family == "vae":
+            sums = {"recon": 0.0, "kl": 0.0, "loss": 0.0}
+            for _ in range(self.cfg.train.eval_batches):
+                with autocast():
+                    loss, logs = objectives.vae_loss(model, self.batch(gen, "val"), gen)
+                sums["loss"] += loss.item()
+                sums["recon"] += logs["recon"]
+                sums["kl"] += logs["kl"]
+            n = self.cfg.train.eval_batches
+            row = {"val_loss": sums["loss"] / n, "val_elbo": -(sums["recon"] + sums["kl"]) / n,
+                   "val_recon": sums["recon"] / n, "val_kl": sums["kl"] / n}
+            model.train()
+            return row, (f"val ELBO {row['val_elbo']:.2f} nats/image (reconstruction {row['val_recon']:.2f}, "
+                         f"KL {row['val_kl']:.2f})")
+        row, message = {}, "no validation metric for this image shape"
+        if self.data.shape == (1, 28, 28):
+            from aigc.evaluate.classifier import FEATURE_SPACE, classify
+            from aigc.evaluate.images import frechet_distance_features
+
+            n = min(1000, len(self.data.images["val"]))
+            real, _ = self.data.tensors("val", torch.randperm(len(self.data.images["val"]), generator=gen)[:n].numpy())
+            labels = self._sample_labels(n)
+            fake = model.generate(n, labels, gen).float().cpu()
+            fd = frechet_distance_features(classify(real)[0], classify(fake)[0])
+            row = {"val_fd": fd}
+            message = f"FD ({FEATURE_SPACE}, {n} samples vs val) {fd:.3f}"
+        model.train()
+        return row, message
+
+    def _sample_labels(self, n: int):
+        if not self.cfg.model.conditional:
+            return None
+        return (torch.arange(n) % self.cfg.model.n_classes).to(self.device)
+
+    def write_sample(self, model, run_dir: Path, step: int) -> None:
+        from aigc.generate.images import save_grid
+
+        model.eval()
+        k = self.cfg.model.n_classes if self.cfg.model.conditional else 0
+        n, nrow = self.cfg.sample.n, (k or self.cfg.sample.nrow)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed)  # the same noise at every step
+        images = model.generate(n, self._sample_labels(n), gen).cpu()
+        save_grid(images, run_dir / "samples" / f"step-{step:06d}.png", nrow,
+                  {"model": str(run_dir), "family": model.family, "step": step, "seed": self.cfg.train.seed,
+                   "parameters": {"n": n, "classes": "column i = class i" if k else "unconditional"}})
+        model.train()
