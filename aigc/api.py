@@ -257,6 +257,8 @@ class ImageModel:
 
     def _labels_for(self, n: int, label) -> torch.Tensor | None:
         if not self.model.config.conditional:
+            if label is not None:
+                self.class_index(label)  # raises: an unconditional model has no classes
             return None
         if label is None:
             raise AigcError(f"{self.folder}: a conditional VAE; pass the images' class (--class)")

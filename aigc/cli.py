@@ -35,7 +35,7 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[
 # ---------------------------------------------------------------- prepare
 def cmd_prepare(args, overrides: list[str]) -> int:
     from aigc.config import DataConfig, ImageDataConfig, build_dataclass, config_from_dict, parse_override, read_toml
-    from aigc.data.images import IMAGE_DATASETS, ImageData, prepare_images
+    from aigc.data.images import IMAGE_DATASETS, ImageData, looks_like_images, prepare_images
     from aigc.data.shards import TokenData, prepare
 
     if args.config:
@@ -48,8 +48,9 @@ def cmd_prepare(args, overrides: list[str]) -> int:
                 raise AigcError(f"override {text!r}: without a config file only --data.* keys apply")
             raw[key] = value
         image_only = {"image_size", "channels", "resize"}
+        source = args.source or raw.get("source") or ""
         image = ((args.dataset or raw.get("dataset")) in IMAGE_DATASETS or bool(image_only & set(raw))
-                 or raw.get("format") in ("idx", "folder", "npy"))
+                 or raw.get("format") in ("idx", "folder", "npy") or (bool(source) and looks_like_images(source)))
         data = build_dataclass(ImageDataConfig if image else DataConfig, raw, "data", "command line")
     for flag in ("dataset", "source", "tokenizer", "vocab_size", "field", "separator", "glob"):
         value = getattr(args, flag)
@@ -247,10 +248,10 @@ def _eval_images(model, cfg, args, run_dir) -> int:
     from aigc.evaluate.images import evaluate_image_model
     from aigc.train.tasks import ensure_prepared
 
-    data = ensure_prepared(cfg, progress=not args.quiet)
     n = args.images
     if not 10 <= n <= 100_000:
         raise AigcError(f"--images {n}: expected 10 to 100000 generated images")
+    data = ensure_prepared(cfg, progress=not args.quiet)
     if model.model.config.image_size != data.shape[1] or model.model.config.channels != data.shape[0]:
         raise AigcError(f"the model makes {model.model.config.channels}x{model.model.config.image_size} images, "
                         f"{data.folder} holds {data.shape[0]}x{data.shape[1]}")

@@ -330,5 +330,41 @@ def test_eval_prints_named_feature_space_and_reference_rows(tmp_path):
     res = json.loads((run / "eval.json").read_text())
     rows = res["rows"]
     floor, noise, model = (rows["real train vs real test (floor)"], rows["uniform noise (ceiling)"], rows["model"])
-    assert floor["fd"] < model["fd"] < noise["fd"]
-    assert floor["precision"] > 0.5 and noise["precision"] < 0.05
+    assert floor["fd"] < model["fd"] < noise["fd"] and floor["kid"] < model["kid"] < noise["kid"]
+    assert floor["precision"] > 0.5 and floor["recall"] > 0.5 and noise["recall"] < 0.05
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])
+def test_models_are_sized_for_28_32_and_64_pixels(size, channels):
+    from aigc.models.gan import DCGAN, DCGANConfig
+    from aigc.models.vae import VAE, VAEConfig
+
+    y = torch.tensor([0, 2])
+    gan = DCGAN(DCGANConfig(image_size=size, channels=channels, g_width=8, d_width=8, conditional=True, n_classes=3))
+    x = gan.generate(2, y, torch.Generator().manual_seed(0))
+    assert x.shape == (2, channels, size, size) and x.abs().max() <= 1
+    assert gan.discriminator(x, y).shape == (2,)
+    vae = VAE(VAEConfig(image_size=size, channels=channels, width=8, decoder="gaussian"))
+    out, mu, logvar = vae(x)
+    assert out.shape == x.shape and mu.shape == (2, vae.config.z_dim)
+    recon, kl = vae.loss_terms(x, out, mu, logvar)
+    assert recon.shape == kl.shape == (2,) and (kl >= 0).all()
+
+
+def test_bad_arrays_and_corrupt_gzip_are_one_line_errors(tmp_path):
+    x, y = shapes_dataset(20)
+    # a gzip stream with a flipped byte inside
+    raw = bytearray(write_idx(tmp_path / "train-images-idx3-ubyte.gz", x).read_bytes())
+    raw[30] ^= 0xFF
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(bytes(raw))
+    out = run_cli("prepare", "--source", str(tmp_path), "--out", str(tmp_path / "p1"), "--quiet")
+    assert out.returncode == 2 and "train-images-idx3-ubyte.gz" in out.stderr and "Traceback" not in out.stderr
+    np.savez(tmp_path / "neg.npz", images=x, labels=y - 1)
+    np.savez(tmp_path / "obj.npz", images=np.array([None, 1], dtype=object))
+    for name, needle in (("neg.npz", "negative"), ("obj.npz", "obj.npz")):
+        out = run_cli("prepare", "--source", str(tmp_path / name), "--out", str(tmp_path / "p2"), "--quiet")
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert not (tmp_path / "p2").exists()
+    np.savez(tmp_path / "ok.npz", images=x, labels=y)  # recognised as images without a config
+    out = run_cli("prepare", "--source", str(tmp_path / "ok.npz"), "--out", str(tmp_path / "p3"), "--quiet")
+    assert out.returncode == 0 and "1x28x28 images, 2 classes" in out.stdout, out.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise AigcError(f"{path}: cannot read as an IDX file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or not 1 <= raw[3] <= 4:
         raise AigcError(f"{path}: wrong magic number {raw[:4].hex() or '(empty file)'}; an IDX file starts with "
@@ -112,7 +113,7 @@ def read_idx_folder(folder: Path) -> dict:
 def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarray:
     """One PIL image -> uint8 ``(channels, size, size)``: any mode converted, resized if allowed.
 
-    16-bit and 32-bit grayscale are scaled to 8 bits by their range; CMYK, palette and
+    16-bit grayscale (and 32-bit holding values up to 65535) is scaled from [0, 65535]; CMYK, palette and
     alpha images are converted through RGB (alpha composited on white).
 
     Raises:
@@ -122,7 +123,7 @@ def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarr
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        top = 65535.0 if img.mode.startswith("I;16") or 0 <= a.min() and a.max() <= 65535 else float(a.max())
         img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -196,28 +197,50 @@ def _normalise_array(x: np.ndarray, channels: int, size: int, resize: bool, name
 
 def read_array_file(path: Path, channels: int, size: int, resize: bool):
     """A .npy or .npz file -> (uint8 (N, C, H, W), labels or None). Never unpickles."""
+    import zipfile
+
+    labels = None
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                keys = list(loaded.keys())
+                key = next((k for k in ("images", "x", "x_train") if k in keys), keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise AigcError(f"{path}: which array holds the images? expected a key 'images' or 'x' "
+                                    f"(found: {', '.join(keys)})")
+                x = loaded[key]
+                lkey = next((k for k in ("labels", "y", "y_train") if k in keys), None)
+                if lkey is not None:
+                    labels = loaded[lkey].reshape(-1)
+        else:
+            x = loaded
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise AigcError(f"{path}: cannot read as {path.suffix} ({str(e).splitlines()[0]})") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            key = next((k for k in ("images", "x", "x_train") if k in keys), keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise AigcError(f"{path}: which array holds the images? expected a key 'images' or 'x' "
-                                f"(found: {', '.join(keys)})")
-            x = loaded[key]
-            lkey = next((k for k in ("labels", "y", "y_train") if k in keys), None)
-            if lkey is not None:
-                labels = loaded[lkey].astype(np.int64).reshape(-1)
-    else:
-        x = loaded
+    if labels is not None:
+        if labels.dtype.kind not in "iu":
+            raise AigcError(f"{path}: labels of dtype {labels.dtype}; expected integer class indices 0, 1, ...")
+        if len(labels) and labels.min() < 0:
+            raise AigcError(f"{path}: label {labels.min()} is negative; expected class indices 0, 1, ...")
+        labels = labels.astype(np.int64)
     x = _normalise_array(x, channels, size, resize, str(path))
     if labels is not None and len(labels) != len(x):
         raise AigcError(f"{path}: {len(labels)} labels for {len(x)} images")
     return x, labels
+
+
+def looks_like_images(source: str | Path) -> bool:
+    """Is ``source`` image data (an array file, an IDX file or folder, a folder of images and no text)?"""
+    path = Path(source)
+    if path.is_file():
+        return path.suffix in (".npy", ".npz") or "idx" in path.name
+    if path.is_dir():
+        if _find(path, "train-images-idx3-ubyte") is not None:
+            return True
+        files = [p for p in path.rglob("*") if p.is_file()]
+        return any(p.suffix.lower() in IMAGE_SUFFIXES for p in files) and not any(
+            p.suffix.lower() in (".txt", ".jsonl", ".json", ".py", ".md") for p in files)
+    return False
 
 
 # ---------------------------------------------------------------- prepare
@@ -347,7 +370,7 @@ class ImageData:
         return to_signed(torch.from_numpy(np.ascontiguousarray(x))), y
 
     def batch(self, split: str, batch_size: int, gen: torch.Generator):
-        """A random batch (with replacement across steps, without inside one): ``(x, y)`` as in :meth:`tensors`."""
+        """A batch of images drawn uniformly with replacement: ``(x, y)`` as in :meth:`tensors`."""
         n = len(self.images[split])
         idx = torch.randint(n, (batch_size,), generator=gen).numpy()
         return self.tensors(split, idx)

@@ -129,6 +129,9 @@ def evaluate_image_model(model, data, n: int = 10000, seed: int = 0, kid_subsets
                         f"this data is {'x'.join(map(str, data.shape))}")
     gen = torch.Generator().manual_seed(seed)
     n_val = len(data.images["val"])
+    if n_val < 10:
+        raise AigcError(f"{data.folder}: {n_val} held-out image(s); the metrics need at least 10 (raise "
+                        "data.val_fraction or use a source with a test split)")
     n_real = min(n, n_val)
     real_x, _ = data.tensors("val", torch.randperm(n_val, generator=gen)[:n_real].numpy())
     train_x, _ = data.tensors("train", torch.randperm(len(data.images["train"]), generator=gen)[:n_real].numpy())

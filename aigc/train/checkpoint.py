@@ -85,9 +85,12 @@ def load_training_state(folder: Path, optimizers: dict[str, torch.optim.Optimize
         tensors = load_file(str(folder / "optimizer.safetensors"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as e:
         raise AigcError(f"{folder}: truncated or corrupt checkpoint ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("optimizer_param_groups"), dict):
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer_param_groups"), (dict, list)):
         raise AigcError(f"{folder / 'state.json'}: corrupt (no optimizer_param_groups)")
     groups = state.pop("optimizer_param_groups")
+    if isinstance(groups, list):  # written by aigc before 2026-11-29: one unnamed optimizer, keys IDX.KEY
+        groups = {"model": groups}
+        tensors = {f"model.{k}": v for k, v in tensors.items()}
     if set(groups) != set(optimizers):
         raise AigcError(f"{folder}: optimizers {sorted(groups)} in the checkpoint, the model needs {sorted(optimizers)}")
     opt_state: dict = {name: {} for name in optimizers}

@@ -57,7 +57,8 @@ def lr_at(progress: float, step: int, cfg) -> float:
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices (dim >= 2) except embeddings; none on biases and norms."""
     decay, no_decay = [], []
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    embeddings = {id(m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight)
+                  for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     seen = set()
     for _, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:

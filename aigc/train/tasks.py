@@ -175,10 +175,13 @@ class ImageTask:
                                 f"holds {c}x{h}; set data.channels and data.image_size to match")
             model_cfg.channels, model_cfg.image_size = c, h
         if model_cfg.conditional:
-            if not self.data.classes or self.data.labels["train"] is None:
-                raise AigcError(f"model.conditional = true but {self.data.folder} has no labels (use a labelled "
-                                "source: IDX with label files, an image folder with one sub-folder per class, "
-                                "or an .npz with 'labels')")
+            if not self.data.classes or any(self.data.labels[s] is None for s in ("train", "val")):
+                raise AigcError(f"model.conditional = true but {self.data.folder} has no labels for both splits "
+                                "(use a labelled source: IDX with label files, an image folder with one sub-folder "
+                                "per class, or an .npz with 'labels')")
+            if from_base and list(model_cfg.classes) != list(self.data.classes):
+                raise AigcError(f"the base model's classes {model_cfg.classes} differ from the data's "
+                                f"{self.data.classes}; a conditional model is fine-tuned on the same classes")
             model_cfg.n_classes, model_cfg.classes = len(self.data.classes), list(self.data.classes)
         elif not from_base:
             model_cfg.n_classes, model_cfg.classes = 0, []
