@@ -84,3 +84,23 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus):
     stopped = int(err.split("stopped at step ")[1].split(";")[0])
     assert latest == f"step-{stopped:06d}"  # the checkpoint is of the step where it stopped
     assert (tmp_path / "run" / "checkpoints" / latest / "model.safetensors").is_file()
+
+
+def test_checkpoint_from_before_named_optimizers_still_resumes(tmp_path, small_corpus):
+    """Checkpoints of aigc before image models stored one unnamed optimizer (keys IDX.KEY, a list of
+    param groups); resuming one continues the run."""
+    import json
+
+    from safetensors.torch import save_file
+
+    cfg = tiny_config(tmp_path, small_corpus, max_steps=10)
+    assert run_cli("train", str(cfg), "--quiet").returncode == 0
+    ck = tmp_path / "run" / "checkpoints" / "step-000010"
+    opt = load_file(str(ck / "optimizer.safetensors"))
+    save_file({k.removeprefix("model."): v for k, v in opt.items()}, str(ck / "optimizer.safetensors"))
+    state = json.loads((ck / "state.json").read_text())
+    state["optimizer_param_groups"] = state["optimizer_param_groups"]["model"]
+    (ck / "state.json").write_text(json.dumps(state))
+    out = run_cli("train", str(tmp_path / "run"), "--resume", "--train.max_steps=20", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000020"
