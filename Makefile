@@ -43,7 +43,7 @@ demo: install fashion-mnist
 	done
 	@echo; echo "run folder: $(RUN) (loss curves in $(RUN)/loss.png)"
 	@echo; echo "=== images: a class-conditional DCGAN on Fashion-MNIST, two minutes"
-	$(BIN)/aigc train configs/fashion-dcgan.toml --train.out_dir=$(IMGRUN) --train.max_minutes=2 \
+	$(BIN)/aigc train configs/fashion-dcgan.toml --train.out_dir=$(IMGRUN) --train.max_minutes=2 --train.min_lr=2e-4 \
 		--train.eval_interval=250 --train.checkpoint_interval=250
 	$(BIN)/aigc sample $(IMGRUN) --n 100 --seed 0 --scale 3 --out $(IMGRUN)/grid.png
 	@echo "one column per class: $(IMGRUN)/grid.png (training curves: $(IMGRUN)/loss.png, grids over time: $(IMGRUN)/samples/)"
