@@ -297,9 +297,7 @@ class ImageModel:
         Raises:
             AigcError: a missing path, an undecodable image (named), or no images.
         """
-        from PIL import Image, UnidentifiedImageError
-
-        from aigc.data.images import IMAGE_SUFFIXES, to_array, to_signed
+        from aigc.data.images import IMAGE_SUFFIXES, read_image_file, to_signed
 
         c, size = self.model.config.channels, self.model.config.image_size
         files = []
@@ -312,15 +310,7 @@ class ImageModel:
                 raise AigcError(f"{p}: no such image file or folder")
         if not files:
             raise AigcError(f"{', '.join(map(str, paths))}: no images found")
-        arrays = []
-        for f in files:
-            try:
-                with Image.open(f) as img:
-                    img.load()
-                    arrays.append(to_array(img, c, size, True, str(f)))
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise AigcError(f"{f}: cannot decode image ({e})") from None
-        return to_signed(torch.from_numpy(np.stack(arrays)))
+        return to_signed(torch.from_numpy(np.stack([read_image_file(f, c, size, True) for f in files])))
 
 
 def load(path: str | Path, device: str = "auto"):

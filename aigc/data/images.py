@@ -139,13 +139,30 @@ def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarr
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
+def read_image_file(path: Path, channels: int, size: int, resize: bool) -> np.ndarray:
+    """One image file -> uint8 ``(channels, size, size)`` (see :func:`to_array`).
+
+    Raises:
+        AigcError: the file cannot be decoded as an image (named), or has another size and
+            ``resize`` is False.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_array(img, channels, size, resize, str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise AigcError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+
+
 def read_image_folder(folder: Path, channels: int, size: int, resize: bool, progress: bool = True):
     """Every image under ``folder`` -> (uint8 (N, C, H, W), labels or None, class names).
 
     Raises:
         AigcError: no images, or an image that cannot be decoded (named).
     """
-    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -155,13 +172,7 @@ def read_image_folder(folder: Path, channels: int, size: int, resize: bool, prog
     labelled = classes and all(len(p.relative_to(folder).parts) > 1 for p in files)
     out = np.empty((len(files), channels, size, size), np.uint8)
     for i, p in enumerate(tqdm(files, desc="images", unit="img", disable=not progress, file=sys.stderr)):
-        try:
-            with Image.open(p) as img:
-                img.load()
-                out[i] = to_array(img, channels, size, resize, str(p))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise AigcError(f"{p}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-                from None
+        out[i] = read_image_file(p, channels, size, resize)
     labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files], np.int64) if labelled else None
     return out, labels, (classes if labelled else [])
 

@@ -144,7 +144,7 @@ def evaluate_image_model(model, data, n: int = 10000, seed: int = 0, kid_subsets
     fakes = []
     for i in range(0, n, 500):  # generate in chunks: bounded memory
         chunk = None if labels is None else labels[i:i + 500].to(model.device)
-        fakes.append(model.model.generate(len(chunk) if chunk is not None else min(500, n - i), chunk, gen).cpu())
+        fakes.append(model.model.generate(min(500, n - i), chunk, gen).cpu())
     fake_f, fake_pred = classify(torch.cat(fakes))
     bar.update(1)
     train_f, _ = classify(train_x)
