@@ -165,6 +165,7 @@ class ImageTask:
         self.cfg, self.data, self.device = cfg, data, device
         self.tokenizer = None
         self.generation_config = None
+        self._val_features = None  # classifier features of the val images the GAN's FD is measured against
 
     def configure_model(self, model_cfg, from_base: bool) -> None:
         """Fit the model config to the data: its image shape and (when conditional) its classes."""
@@ -243,10 +244,11 @@ class ImageTask:
             from aigc.evaluate.images import frechet_distance_features
 
             n = min(1000, len(self.data.images["val"]))
-            real, _ = self.data.tensors("val", torch.randperm(len(self.data.images["val"]), generator=gen)[:n].numpy())
-            labels = self._sample_labels(n)
-            fake = model.generate(n, labels, gen).float().cpu()
-            fd = frechet_distance_features(classify(real)[0], classify(fake)[0])
+            idx = torch.randperm(len(self.data.images["val"]), generator=gen)[:n].numpy()  # the same at every eval
+            if self._val_features is None:  # computed once per run
+                self._val_features = classify(self.data.tensors("val", idx)[0])[0]
+            fake = model.generate(n, self._sample_labels(n), gen).float().cpu()
+            fd = frechet_distance_features(self._val_features, classify(fake)[0])
             row = {"val_fd": fd}
             message = f"FD ({FEATURE_SPACE}, {n} samples vs val) {fd:.3f}"
         model.train()
