@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from aigc.config import SampleConfig, build_dataclass
+from aigc.data.chat import ChatTemplate, load_chat_template
 from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
 from aigc.generate.engine import Engine
@@ -83,6 +84,21 @@ def resolve_model_folder(path: str | Path) -> Path:
     raise AigcError(f"{path}: neither a model folder (config.json) nor a run folder (checkpoints/)")
 
 
+@dataclasses.dataclass
+class GenerationStep:
+    """What one decoding step produced for each of the ``n`` samples of a request.
+
+    Attributes:
+        pieces: new text of each sample ("" when a sample produced nothing printable yet or has ended).
+        finish: None while a sample runs, then "stop" (stop string or stop token) or "length".
+        tokens: tokens generated so far by each sample (stop tokens not counted).
+    """
+
+    pieces: list[str]
+    finish: list[str | None]
+    tokens: list[int]
+
+
 class TextModel:
     """A loaded text model with its tokenizer and default generation parameters.
 
@@ -91,11 +107,34 @@ class TextModel:
         tokenizer: its :class:`~aigc.data.tokenizer.Tokenizer`.
         defaults: :class:`~aigc.config.SampleConfig` read from generation_config.json.
         folder: the model folder it was loaded from.
+        chat: its :class:`~aigc.data.chat.ChatTemplate` (tokenizer_config.json), None if not a chat model.
     """
 
-    def __init__(self, model, tokenizer: Tokenizer, defaults: SampleConfig, folder: Path):
+    def __init__(self, model, tokenizer: Tokenizer, defaults: SampleConfig, folder: Path,
+                 chat: ChatTemplate | None = None):
         self.model, self.tokenizer, self.defaults, self.folder = model, tokenizer, defaults, folder
+        self.chat = chat
         self.engine = Engine(model)
+
+    def chat_prompt(self, messages: list[dict]) -> tuple[str, dict]:
+        """The prompt for a conversation, and the settings that end the assistant's turn.
+
+        Returns ``(text, {"stop_ids": [...], "stop": [...]})``: the template's end-of-turn
+        token stops generation as a token when the vocabulary has it, else as a stop string.
+
+        Raises:
+            AigcError: not a chat model, or bad messages (see :func:`aigc.data.chat.check_messages`).
+        """
+        if self.chat is None:
+            raise AigcError(f"{self.folder.name} is not a chat model (its folder has no chat_template in "
+                            "tokenizer_config.json); use plain completions")
+        text = self.chat.render(messages)
+        ends: dict = {"stop_ids": [], "stop": []}
+        eos = self.chat.eos_token
+        if eos:
+            eos_id = self.tokenizer.tk.token_to_id(eos)
+            ends["stop_ids" if eos_id is not None else "stop"].append(eos_id if eos_id is not None else eos)
+        return text, ends
 
     @property
     def family(self) -> str:
@@ -121,42 +160,49 @@ class TextModel:
             ids = ids[-(limit - 1):]
         return ids
 
-    def stream_batch(self, prompt: str, n: int = 1, seed: int | None = None, **settings) -> Iterator[list[str]]:
-        """Generate ``n`` samples together; yield, per step, the new text of each sample.
+    def steps(self, ids: list[int], n: int = 1, seed: int | None = None,
+              **settings) -> Iterator["GenerationStep"]:
+        """Generate ``n`` samples after the prompt token ids ``ids``; yield one :class:`GenerationStep` per token.
 
         Settings (each defaults to generation_config.json): max_new_tokens, temperature,
         top_k, top_p, repetition_penalty, stop (list of strings), stop_at_document_end,
-        plus presence_penalty and frequency_penalty. A sample ends at a stop string
-        (not included), at the document-boundary token, or after max_new_tokens.
+        plus presence_penalty and frequency_penalty; ``stop_ids`` (token ids that end a
+        sample like the document-boundary token). A sample ends at a stop string (not
+        included), at the document-boundary token, or after max_new_tokens.
+
+        Raises:
+            AigcError: a setting out of range.
         """
         presence = settings.pop("presence_penalty", 0.0) or 0.0
         frequency = settings.pop("frequency_penalty", 0.0) or 0.0
+        stop_ids = set(settings.pop("stop_ids", None) or ())
         cfg = self._settings(settings)
+        if cfg.stop_at_document_end:
+            stop_ids.add(self.tokenizer.eot_id)
         params = SamplingParams(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, presence, frequency)
-        ids = self.prompt_ids(prompt, cfg.max_new_tokens)
         tokens = [[] for _ in range(n)]
         emitted = [0] * n  # characters of each sample already yielded
-        done = [False] * n
+        finish: list[str | None] = [None] * n
         hold = max((len(s) for s in cfg.stop), default=1) - 1  # text that could still start a stop string
         steps = self.engine.generate(ids, n, cfg.max_new_tokens, params, seed)
         try:
             for step, nxt in enumerate(steps):
                 pieces = [""] * n
                 for i, tok in enumerate(nxt.tolist()):
-                    if done[i]:
+                    if finish[i]:
                         continue
-                    last = step == cfg.max_new_tokens - 1
-                    if tok == self.tokenizer.eot_id and cfg.stop_at_document_end:
-                        done[i] = True
+                    if tok in stop_ids:
+                        finish[i] = "stop"
                         text = self.tokenizer.decode(tokens[i])
                     else:
                         tokens[i].append(tok)
                         text = self.tokenizer.decode(tokens[i])
                         cut = min((text.find(s) for s in cfg.stop if s in text), default=-1)
                         if cut >= 0:
-                            text, done[i] = text[:cut], True
-                        done[i] = done[i] or last
-                    if done[i]:
+                            text, finish[i] = text[:cut], "stop"
+                        elif step == cfg.max_new_tokens - 1:
+                            finish[i] = "length"
+                    if finish[i]:
                         safe = len(text)
                     else:
                         safe = len(text) - hold
@@ -165,11 +211,21 @@ class TextModel:
                     if safe > emitted[i]:
                         pieces[i] = text[emitted[i]:safe]
                         emitted[i] = safe
-                yield pieces
-                if all(done):
+                yield GenerationStep(pieces, list(finish), [len(t) for t in tokens])
+                if all(finish):
                     break
         finally:
             steps.close()
+
+    def stream_batch(self, prompt: str, n: int = 1, seed: int | None = None, **settings) -> Iterator[list[str]]:
+        """Generate ``n`` samples together; yield, per step, the new text of each sample.
+
+        See :meth:`steps` for the settings. Raises :class:`AigcError` on a prompt the
+        tokenizer cannot encode or a setting out of range.
+        """
+        max_new = settings.get("max_new_tokens") or self.defaults.max_new_tokens
+        for step in self.steps(self.prompt_ids(prompt, max_new), n, seed, **settings):
+            yield step.pieces
 
     def stream(self, prompt: str, seed: int | None = None, **settings) -> Iterator[str]:
         """Generate one sample and yield its text piece by piece as tokens arrive (prompt not included)."""
@@ -337,4 +393,4 @@ def load(path: str | Path, device: str = "auto"):
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise AigcError(f"{gen_path}: corrupt generation_config.json") from None
         defaults = build_dataclass(SampleConfig, raw, "sample", str(gen_path))
-    return TextModel(model, tokenizer, defaults, folder)
+    return TextModel(model, tokenizer, defaults, folder, load_chat_template(folder))

@@ -1,4 +1,4 @@
-"""The `aigc` command: prepare, train, sample, eval, data.
+"""The `aigc` command: prepare, train, sample, eval, serve, data.
 
 Every verb is a function ``cmd_<verb>(args)``; :func:`main` turns an
 :class:`~aigc.errors.AigcError` into ``error: <one line>`` on stderr and exit
@@ -302,6 +302,58 @@ def cmd_data(args, overrides: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+def cmd_serve(args, overrides: list[str]) -> int:
+    import ipaddress
+    import os
+
+    from aigc.api import load
+    from aigc.serve.app import ServeLimits, create_app
+
+    if overrides:
+        raise AigcError(f"serve takes no config overrides (got {overrides[0]!r})")
+    if not 0 <= args.port <= 65535:
+        raise AigcError(f"--port {args.port}: expected 0 to 65535")
+    api_key = args.api_key or os.environ.get("AIGC_API_KEY") or None
+    limits = ServeLimits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n,
+                         max_images=args.max_images, max_body_bytes=args.max_body_bytes,
+                         max_active=args.max_active, max_queued=args.max_queued)
+    limits.validate()
+    _threads(args.threads)
+    models = {}
+    for spec in args.models:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            folder = Path(spec).resolve()
+            name = folder.parent.parent.name if folder.parent.name == "checkpoints" else folder.name
+        if not name or name in models:
+            raise AigcError(f"model name {name!r} is empty or given twice; name models with NAME=PATH")
+        models[name] = load(path, args.device)
+        kind = "chat" if getattr(models[name], "chat", None) else models[name].family
+        print(f"loaded {name} ({kind}) from {models[name].folder}", file=sys.stderr)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and api_key is None:
+        warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach this port can use it")
+    app = create_app(models, api_key, limits)
+
+    import uvicorn
+
+    print(f"aigc serving {', '.join(models)} at http://{args.host}:{args.port}/ "
+          f"(API under /v1{', key required' if api_key else ''}; Ctrl-C stops)", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=args.log_level in ("info", "debug"))
+    except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
+        if e.code:
+            raise AigcError(f"could not serve on {args.host}:{args.port} (port in use or not allowed?)") from None
+        raise
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigc", description="Train generative models on your data, "
                                      "generate new content, measure it.")
@@ -388,6 +440,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a web page for the given models",
+                       description="Serve text, chat and image models over HTTP: /v1/completions, "
+                       "/v1/chat/completions, /v1/images/generations, /v1/models, /tokenize, /detokenize, "
+                       "/metrics, /health, and a web page at /. Name a model with NAME=PATH (default: the "
+                       "folder's name).")
+    p.add_argument("models", nargs="+", metavar="MODEL_OR_RUN", help="run or model folders, optionally NAME=PATH")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on /v1/* "
+                   "(default: $AIGC_API_KEY; none = open)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--log-level", dest="log_level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level; "
+                   "info and debug log every request")
+    g = p.add_argument_group("limits (a request beyond one gets a 4xx)")
+    g.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024, help="new tokens per sample")
+    g.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=4096,
+                   help="prompt tokens (also capped by the model's context)")
+    g.add_argument("--max-n", dest="max_n", type=int, default=16, help="text samples per request")
+    g.add_argument("--max-images", dest="max_images", type=int, default=64, help="images per request")
+    g.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1_000_000,
+                   help="request body size in bytes")
+    g.add_argument("--max-active", dest="max_active", type=int, default=64,
+                   help="requests generating at once (round-robin)")
+    g.add_argument("--max-queued", dest="max_queued", type=int, default=256,
+                   help="requests waiting for a slot; more get 429")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="list the named datasets", description="List the named datasets.")
     p.add_argument("action", choices=["list"], help="what to do")

@@ -57,3 +57,79 @@ def run_cli(*args: str, timeout: float = 900, cwd: Path | None = None) -> subpro
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     return subprocess.run([sys.executable, "-m", "aigc", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
+
+
+# ---------------------------------------------------------------- a running `aigc serve`
+API_KEY = "test-key-123"
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+CLASSES = ["T-shirt/top", "Trouser", "Sneaker"]
+
+
+@pytest.fixture(scope="session")
+def served_model_folders(tmp_path_factory) -> dict[str, Path]:
+    """Three tiny, randomly initialised model folders: a text GPT, the same GPT as a chat model
+    (a chat template in tokenizer_config.json, turns ended by a newline), and a conditional DCGAN."""
+    from aigc.data.chat import ChatTemplate, save_chat_template
+    from aigc.data.tokenizer import train_bpe_tokenizer
+    from aigc.models import save_model_folder
+    from aigc.models.gan import DCGAN, DCGANConfig
+    from aigc.models.transformer import GPT, GPTConfig
+
+    root = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    tok = train_bpe_tokenizer(tang_documents(200) + ["user: assistant: system: hello"], 300, show_progress=False)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, d_model=32))
+    gen = {"max_new_tokens": 24, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    save_model_folder(root / "text", gpt, tok, gen)
+    save_model_folder(root / "chat", gpt, tok, gen)
+    save_chat_template(root / "chat", ChatTemplate(CHAT_TEMPLATE, eos_token="\n"))
+    gan = DCGAN(DCGANConfig(g_width=8, d_width=8, z_dim=16, conditional=True, n_classes=3, classes=CLASSES))
+    save_model_folder(root / "images", gan)
+    return {"text": root / "text", "chat": root / "chat", "images": root / "images"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folders: dict[str, Path], *flags: str):
+    """Start `aigc serve NAME=PATH ...` on a free loopback port; returns (process, base URL)."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    proc = subprocess.Popen([sys.executable, "-m", "aigc", "serve", *(f"{k}={v}" for k, v in folders.items()),
+                             "--port", str(port), "--threads", "1", "--log-level", "warning", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"aigc serve exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("aigc serve did not answer /health within 120 s")
+
+
+@pytest.fixture(scope="session")
+def server(served_model_folders):
+    """A real `aigc serve` process with the three tiny models, an API key and a small body limit."""
+    proc, url = start_server(served_model_folders, "--api-key", API_KEY, "--max-body-bytes", "20000",
+                             "--max-tokens", "2000")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

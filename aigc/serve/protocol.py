@@ -1,0 +1,105 @@
+"""Request bodies and response shapes of the OpenAI-compatible API.
+
+Field names, defaults and ranges follow OpenAI's API reference (completions,
+chat completions, images) so the official clients work unchanged; ``top_k``,
+``repetition_penalty`` and ``ignore_eos`` are extensions that vLLM and others accept too. Fields we
+cannot honour (``logprobs``, ``logit_bias``, ``suffix``, ``best_of`` > n, image
+URLs) are refused with a 400 rather than silently ignored. Unknown fields are
+ignored, as OpenAI's server does.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from pydantic import BaseModel, Field
+
+
+class SamplingFields(BaseModel):
+    """Parameters shared by completions and chat completions."""
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    ignore_eos: bool = False  # vLLM's extension: go on past the end-of-document token (benchmarks)
+    logprobs: int | bool | None = None
+    logit_bias: dict | None = None
+    user: str | None = None
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions``: ``prompt`` is a string or a list of strings (one choice group each)."""
+
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class ChatRequest(SamplingFields):
+    """``POST /v1/chat/completions``; ``max_completion_tokens`` is the newer name of ``max_tokens``."""
+
+    messages: list[dict]
+    max_completion_tokens: int | None = None
+
+
+class ImageRequest(BaseModel):
+    """``POST /v1/images/generations``: ``prompt`` names the class of a conditional model."""
+
+    prompt: str = ""
+    model: str | None = None
+    n: int = 1
+    size: str | None = None
+    response_format: str = "b64_json"
+    seed: int | None = None
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize``: a prompt, or chat messages rendered with the model's template."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize``."""
+
+    model: str
+    tokens: list[int] = Field(default_factory=list)
+
+
+def new_id(prefix: str) -> str:
+    """An id like OpenAI's: ``cmpl-<hex>``, ``chatcmpl-<hex>``."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    """Unix time in seconds, the ``created`` field."""
+    return int(time.time())
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
