@@ -10,7 +10,7 @@ IMGRUN := runs/demo-fashion-$(STAMP)
 PROMPTS := 秋天的落叶 明月 春风
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist demo test bench clean
+.PHONY: install fashion-mnist chromium demo test bench clean
 
 $(BIN)/aigc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ fashion-mnist:
 		else echo "warning: no apt-get; put the Fashion-MNIST IDX files in a folder and set data.source (see README)"; fi; \
 	fi
 
+# Debian's Chromium, for the browser test of the web page (Playwright drives it; nothing is downloaded
+# by Playwright itself). Where it cannot be installed that test is skipped.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+			$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+			{ $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || \
+			echo "warning: could not install chromium; the browser test will be skipped"; \
+		else echo "warning: no apt-get; the browser test needs chromium on PATH and will be skipped"; fi; \
+	fi
+
 # Train a GPT on the embedded Tang poems for about five minutes, then write four poems per prompt;
 # then a class-conditional DCGAN on Fashion-MNIST for two minutes, and a grid of its images.
 demo: install fashion-mnist
@@ -48,7 +60,7 @@ demo: install fashion-mnist
 	$(BIN)/aigc sample $(IMGRUN) --n 100 --seed 0 --scale 3 --out $(IMGRUN)/grid.png
 	@echo "one column per class: $(IMGRUN)/grid.png (training curves: $(IMGRUN)/loss.png, grids over time: $(IMGRUN)/samples/)"
 
-test: install fashion-mnist
+test: install fashion-mnist chromium
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/python -m pytest -q
 

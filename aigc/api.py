@@ -27,7 +27,7 @@ from aigc.config import SampleConfig, build_dataclass
 from aigc.data.chat import ChatTemplate, load_chat_template
 from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
-from aigc.generate.engine import Engine
+from aigc.generate.engine import BatchEngine, Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models import TEXT_FAMILIES, load_model_folder
 
@@ -115,6 +115,7 @@ class TextModel:
         self.model, self.tokenizer, self.defaults, self.folder = model, tokenizer, defaults, folder
         self.chat = chat
         self.engine = Engine(model)
+        self.batch: BatchEngine | None = None  # continuous batching, set up by a server
 
     def chat_prompt(self, messages: list[dict]) -> tuple[str, dict]:
         """The prompt for a conversation, and the settings that end the assistant's turn.
@@ -160,7 +161,7 @@ class TextModel:
             ids = ids[-(limit - 1):]
         return ids
 
-    def steps(self, ids: list[int], n: int = 1, seed: int | None = None,
+    def steps(self, ids: list[int], n: int = 1, seed: int | None = None, batched: bool = False,
               **settings) -> Iterator["GenerationStep"]:
         """Generate ``n`` samples after the prompt token ids ``ids``; yield one :class:`GenerationStep` per token.
 
@@ -170,8 +171,12 @@ class TextModel:
         sample like the document-boundary token). A sample ends at a stop string (not
         included), at the document-boundary token, or after max_new_tokens.
 
+        ``batched``: decode inside :attr:`batch` (a :class:`~aigc.generate.engine.BatchEngine`
+        shared with other requests; its owner calls ``step()`` between ``next`` calls).
+
         Raises:
             AigcError: a setting out of range.
+            RowsFull: ``batched`` and the batch engine has no room now (at the first ``next``).
         """
         presence = settings.pop("presence_penalty", 0.0) or 0.0
         frequency = settings.pop("frequency_penalty", 0.0) or 0.0
@@ -184,7 +189,10 @@ class TextModel:
         emitted = [0] * n  # characters of each sample already yielded
         finish: list[str | None] = [None] * n
         hold = max((len(s) for s in cfg.stop), default=1) - 1  # text that could still start a stop string
-        steps = self.engine.generate(ids, n, cfg.max_new_tokens, params, seed)
+        if batched:
+            steps = self.batch.add(ids, n, params, seed)
+        else:
+            steps = self.engine.generate(ids, n, cfg.max_new_tokens, params, seed)
         try:
             for step, nxt in enumerate(steps):
                 pieces = [""] * n

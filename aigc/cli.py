@@ -317,7 +317,7 @@ def cmd_serve(args, overrides: list[str]) -> int:
     api_key = args.api_key or os.environ.get("AIGC_API_KEY") or None
     limits = ServeLimits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n,
                          max_images=args.max_images, max_body_bytes=args.max_body_bytes,
-                         max_active=args.max_active, max_queued=args.max_queued)
+                         max_active=args.max_active, max_queued=args.max_queued, max_batch=args.max_batch)
     limits.validate()
     _threads(args.threads)
     models = {}
@@ -468,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests generating at once (round-robin)")
     g.add_argument("--max-queued", dest="max_queued", type=int, default=256,
                    help="requests waiting for a slot; more get 429")
+    g.add_argument("--max-batch", dest="max_batch", type=int, default=64,
+                   help="samples one model decodes together (continuous batching); more wait their turn")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="list the named datasets", description="List the named datasets.")

@@ -89,37 +89,12 @@ def served_model_folders(tmp_path_factory) -> dict[str, Path]:
     return {"text": root / "text", "chat": root / "chat", "images": root / "images"}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(folders: dict[str, Path], *flags: str):
     """Start `aigc serve NAME=PATH ...` on a free loopback port; returns (process, base URL)."""
-    import time
-    import urllib.request
+    from aigc.serve.process import start_server as start
 
-    port = free_port()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    proc = subprocess.Popen([sys.executable, "-m", "aigc", "serve", *(f"{k}={v}" for k, v in folders.items()),
-                             "--port", str(port), "--threads", "1", "--log-level", "warning", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"aigc serve exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("aigc serve did not answer /health within 120 s")
+    return start([f"{k}={v}" for k, v in folders.items()], "--threads", "1", "--log-level", "warning", *flags,
+                 capture=True)
 
 
 @pytest.fixture(scope="session")

@@ -217,3 +217,32 @@ def test_a_full_server_answers_429(served_model_folders):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_requests_beyond_the_batch_rows_wait_and_get_their_own_results(served_model_folders):
+    """With room for 2 rows, requests of n = 2 decode one batch at a time; each still gets its solo tokens."""
+    proc, url = start_server({"text": served_model_folders["text"]}, "--max-batch", "2", "--max-n", "2")
+    try:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        prompts = ["明月", "春风", "江上", "白日"]
+        alone = [[ch.text for ch in c.completions.create(model="text", prompt=p, n=2, max_tokens=20, seed=i).choices]
+                 for i, p in enumerate(prompts)]
+        got, errors = [None] * 4, []
+
+        def run(i):
+            try:
+                r = c.completions.create(model="text", prompt=prompts[i], n=2, max_tokens=20, seed=i)
+                got[i] = [ch.text for ch in r.choices]
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors and got == alone
+        assert metric(url, "aigc_requests_waited_for_batch_rows_total") >= 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

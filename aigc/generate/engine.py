@@ -9,6 +9,11 @@ is tested against (greedy outputs must match token for token).
 When a GPT's context fills up, the engine keeps the last 3/4 of ``block_size``
 tokens and prefills them into a fresh cache (the naive reference slides by one
 token instead, so the two agree only while the sequence fits the context).
+
+:class:`BatchEngine` is continuous batching for a server (the idea of Orca, Yu et
+al. 2022, and vLLM): requests join and leave between decoding steps, and one
+forward pass per step decodes every live sequence together, each row of a
+per-row cache at its own position.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from aigc.generate.sampling import SamplingParams, sample_next
+from aigc.generate.sampling import SamplingParams, sample_groups, sample_next
 
 
 def _counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -101,3 +106,154 @@ def naive_generate(model: torch.nn.Module, prompt: list[int], max_new_tokens: in
         idx = torch.cat([idx, nxt[:, None]], dim=1)
         out.append(int(nxt))
     return out
+
+
+class RowsFull(Exception):
+    """A :class:`BatchEngine` has no free rows for a new sequence now; retry after others finish."""
+
+
+class Sequence:
+    """The ``n`` samples of one request inside a :class:`BatchEngine`.
+
+    Iterate it like :meth:`Engine.generate`: each ``next`` returns the next token of every
+    sample, ``(n,) int64`` on CPU, once :meth:`BatchEngine.step` has produced it.
+    ``close`` frees its rows.
+    """
+
+    def __init__(self, engine: "BatchEngine", n: int, params: SamplingParams, generator: torch.Generator,
+                 ids: torch.Tensor):
+        self.engine, self.n, self.params, self.generator = engine, n, params, generator
+        self.history = ids  # (n, T): the recent tokens, for a re-prefill when the context is full
+        self.row = 0  # first of its n rows in the engine's cache
+        self.pending: torch.Tensor | None = None  # sampled, not yet taken by the caller
+        self.last: torch.Tensor | None = None  # (n,) the token to feed at the next step
+        self.closed = False
+
+    def _got(self, nxt: torch.Tensor) -> None:
+        """Record the sampled tokens ``(n,)``."""
+        limit = self.engine.model.context_length
+        if limit is not None:  # only a model with a context limit needs the recent tokens back
+            self.history = torch.cat([self.history, nxt[:, None]], dim=1)[:, -limit:]
+        self.pending = self.last = nxt
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.closed:
+            raise StopIteration
+        if self.pending is None:
+            raise RuntimeError("BatchEngine.step() has not produced this sequence's next token yet")
+        out, self.pending = self.pending, None
+        return out.cpu()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine._remove(self)
+
+
+class BatchEngine:
+    """Continuous batching: many requests decode together, one forward pass per step.
+
+    :meth:`add` prefills a request's prompt alone and copies its cache into ``n`` free rows
+    of a shared per-row cache (grown on demand up to ``max_rows``). :meth:`step` feeds the
+    last token of every live sequence in one ``(B, 1)`` forward pass, applies every
+    request's penalties and filters in one pass with per-row settings
+    (:func:`~aigc.generate.sampling.sample_groups`), and lets each request draw with its own
+    generator, the way :meth:`Engine.generate` does: a seed gives the same tokens as
+    generating alone (up to the float rounding of batched matrix products). A finished
+    sequence's rows are freed and the rows after it moved down, so live rows stay
+    contiguous. A sequence whose context is full is re-prefilled from its last 3/4
+    ``block_size`` tokens, as in :class:`Engine`.
+
+    Not thread-safe: one thread adds, steps and closes.
+    """
+
+    def __init__(self, model: torch.nn.Module, max_rows: int = 64):
+        self.model, self.max_rows = model, max_rows
+        self.device = next(model.parameters()).device
+        self.cache = None  # the per-row cache, allocated at the first add
+        self.counts = torch.zeros(0, model.config.vocab_size, dtype=torch.long, device=self.device)  # (rows, V)
+        self.seqs: list[Sequence] = []
+        self.rows = 0  # rows in use: [0, rows)
+
+    @torch.inference_mode()
+    def add(self, prompt: list[int], n: int = 1, params: SamplingParams = SamplingParams(),
+            seed: int | None = None) -> Sequence:
+        """Prefill ``prompt`` for ``n`` samples; the first tokens are ready to take at once.
+
+        Raises:
+            RowsFull: fewer than ``n`` rows free (the caller retries later).
+            ValueError: an empty prompt, one longer than the context, or ``n`` > ``max_rows``.
+        """
+        if not prompt:
+            raise ValueError("prompt must hold at least one token")
+        limit = self.model.context_length
+        if limit is not None and len(prompt) > limit:
+            raise ValueError(f"prompt of {len(prompt)} tokens exceeds the context of {limit}")
+        if n > self.max_rows:
+            raise ValueError(f"{n} samples need more rows than the engine's {self.max_rows}")
+        if self.rows + n > self.max_rows:
+            raise RowsFull(f"{self.rows} of {self.max_rows} rows in use")
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        ids = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)  # (n, T)
+        seq = Sequence(self, n, params, generator, ids)
+        single = self.model.new_cache(1)
+        logits = self.model(ids[:1], cache=single)[:, -1, :].repeat(n, 1)  # (n, V): the prompt once
+        if self.cache is None:
+            self.cache = self.model.new_cache(n, per_row=True)
+        self.cache.grow(self.rows + n)
+        self.cache.write_rows(self.rows, single, n)
+        if self.counts.size(0) < self.rows + n:
+            self.counts = torch.cat([self.counts, self.counts.new_zeros(self.rows + n - self.counts.size(0),
+                                                                         self.counts.size(1))])
+        rows = slice(self.rows, self.rows + n)
+        self.counts[rows] = _counts(ids, self.counts.size(1))
+        seq.row, self.rows = self.rows, self.rows + n
+        self.seqs.append(seq)
+        nxt = sample_next(logits, self.counts[rows], params, generator)
+        self._count(rows, nxt)
+        seq._got(nxt)
+        return seq
+
+    def _count(self, rows: slice, nxt: torch.Tensor) -> None:
+        self.counts[rows].scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None]))
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Decode one token for every live sequence (each must have taken its last one).
+
+        Raises:
+            RuntimeError: a sequence has not taken its previous token.
+        """
+        if not self.seqs:
+            return
+        if any(s.pending is not None for s in self.seqs):
+            raise RuntimeError("BatchEngine.step() before every sequence took its token")
+        limit = self.model.context_length
+        for s in self.seqs:  # context full: refill the rows from the recent tokens (the last one is fed below)
+            if limit is not None and self.cache.row_full(s.row):
+                recent = s.history[:, -(3 * limit // 4):]  # (n, T')
+                fresh = self.model.new_cache(s.n)
+                self.model(recent[:, :-1], cache=fresh)
+                self.cache.write_rows(s.row, fresh, s.n)
+        idx = torch.cat([s.last for s in self.seqs])[:, None]  # (B, 1)
+        logits = self.model(idx, cache=self.cache)[:, -1, :]  # (B, V)
+        B = self.rows
+        nxt = sample_groups(logits, self.counts[:B], [(s.params, s.n, s.generator) for s in self.seqs])  # (B,)
+        self._count(slice(0, B), nxt)
+        for s in self.seqs:
+            s._got(nxt[s.row:s.row + s.n])
+
+    @torch.inference_mode()
+    def _remove(self, seq: Sequence) -> None:
+        i = self.seqs.index(seq)
+        del self.seqs[i]
+        row = seq.row
+        for later in self.seqs[i:]:  # keep live rows contiguous
+            self.cache.move_rows(later.row, row, later.n)
+            self.counts[row:row + later.n] = self.counts[later.row:later.row + later.n].clone()
+            later.row, row = row, row + later.n
+        self.rows -= seq.n

@@ -43,13 +43,40 @@ class LSTMConfig:
 
 
 class LSTMState:
-    """Recurrent state ``h, c: (L, B, H)`` after ``pos`` tokens; the LSTM's generation cache."""
+    """Recurrent state ``h, c: (L, B, H)`` after ``pos`` tokens; the LSTM's generation cache.
 
-    def __init__(self, config: LSTMConfig, batch_size: int, device, dtype):
+    With ``per_row=True`` (continuous batching) each row is its own sequence: a forward
+    pass continues the first ``idx.size(0)`` rows; :meth:`write_rows` and :meth:`move_rows`
+    fill and compact rows.
+    """
+
+    def __init__(self, config: LSTMConfig, batch_size: int, device, dtype, per_row: bool = False):
         shape = (config.n_layer, batch_size, config.d_hidden)
         self.h = torch.zeros(shape, device=device, dtype=dtype)
         self.c = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0
+        self.per_row = per_row
+
+    def write_rows(self, start: int, src: "LSTMState", count: int) -> None:
+        """Rows [start, start+count) get ``src``'s state (its one row repeated when it has batch 1)."""
+        self.h[:, start:start + count] = src.h
+        self.c[:, start:start + count] = src.c
+
+    def move_rows(self, src: int, dst: int, count: int) -> None:
+        """Copy rows [src, src+count) to [dst, dst+count)."""
+        self.h[:, dst:dst + count] = self.h[:, src:src + count].clone()
+        self.c[:, dst:dst + count] = self.c[:, src:src + count].clone()
+
+    def row_full(self, row: int) -> bool:
+        return False  # no context limit
+
+    def grow(self, batch_size: int) -> None:
+        """Make room for ``batch_size`` rows, keeping the rows already there."""
+        old = self.h.size(1)
+        if batch_size > old:
+            pad = (self.h.size(0), batch_size - old, self.h.size(2))
+            self.h = torch.cat([self.h, self.h.new_zeros(pad)], dim=1)
+            self.c = torch.cat([self.c, self.c.new_zeros(pad)], dim=1)
 
 
 class LSTMLM(nn.Module):
@@ -92,14 +119,19 @@ class LSTMLM(nn.Module):
     def context_length(self) -> int | None:
         return None  # a recurrent model has no context limit
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> LSTMState:
+    def new_cache(self, batch_size: int, max_len: int | None = None, per_row: bool = False) -> LSTMState:
         """A zero :class:`LSTMState` for ``batch_size`` sequences (``max_len`` is unused)."""
         p = self.tok_emb.weight
-        return LSTMState(self.config, batch_size, p.device, p.dtype)
+        return LSTMState(self.config, batch_size, p.device, p.dtype, per_row)
 
     def forward(self, idx: torch.Tensor, cache: LSTMState | None = None) -> torch.Tensor:
         """Logits ``(B, T, V)`` for tokens ``idx (B, T)``, continuing from ``cache`` if given."""
         x = self.drop(self.tok_emb(idx))  # (B, T, E)
+        if cache is not None and cache.per_row:  # continue the first B rows
+            B = idx.size(0)
+            y, (h, c) = self.lstm(x, (cache.h[:, :B].contiguous(), cache.c[:, :B].contiguous()))
+            cache.h[:, :B], cache.c[:, :B] = h, c
+            return self.lm_head(self.drop(y))
         state = (cache.h, cache.c) if cache is not None else None
         y, (h, c) = self.lstm(x, state)  # y: (B, T, H)
         if cache is not None:

@@ -98,23 +98,73 @@ class KVCache:
     Preallocated as ``k, v: (n_layer, B, Hkv, max_len, D)`` so decoding appends
     without reallocating. ``pos`` is the number of positions already filled; the
     model advances it after the last layer of each forward pass.
+
+    With ``per_row=True`` (continuous batching, :class:`aigc.generate.engine.BatchEngine`)
+    each row holds its own sequence: ``lengths (B,) int64`` counts the positions of each
+    row, a forward pass feeds one token to each of the first ``x.size(0)`` rows, and rows
+    are filled from a prefilled cache with :meth:`write_rows` and compacted with
+    :meth:`move_rows`.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, per_row: bool = False):
         shape = (config.n_layer, batch_size, config.kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if per_row else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ``(B, Hkv, T, D)`` at positions [pos, pos+T); return all ``(B, Hkv, S, D)``."""
+        """Store k, v ``(B, Hkv, T, D)`` at positions [pos, pos+T); return all ``(B, Hkv, S, D)``.
+
+        Per-row: T = 1, row b writes at ``lengths[b]``; returns the first B rows up to the
+        longest of them, S = max(lengths) + 1 (the attention mask hides the rest).
+        """
+        if self.lengths is not None:
+            B = k.size(0)
+            pos = self.lengths[:B]
+            if int(pos.max()) >= self.max_len:
+                raise ValueError(f"KV cache row full: {int(pos.max())} of {self.max_len} positions")
+            rows = torch.arange(B, device=k.device)
+            self.k[layer, rows, :, pos] = k[:, :, 0]  # (B, Hkv, D) into each row's next position
+            self.v[layer, rows, :, pos] = v[:, :, 0]
+            S = int(pos.max()) + 1
+            return self.k[layer, :B, :, :S], self.v[layer, :B, :, :S]
         t = k.size(2)
         if self.pos + t > self.max_len:
             raise ValueError(f"KV cache full: {self.pos} + {t} > {self.max_len} positions")
         self.k[layer, :, :, self.pos:self.pos + t] = k
         self.v[layer, :, :, self.pos:self.pos + t] = v
         return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
+
+    def write_rows(self, start: int, src: "KVCache", count: int) -> None:
+        """Per-row: rows [start, start+count) get the ``src.pos`` positions of ``src``'s rows
+        (its one row repeated when ``src`` has batch 1)."""
+        n = src.pos
+        self.k[:, start:start + count, :, :n] = src.k[:, :, :, :n]
+        self.v[:, start:start + count, :, :n] = src.v[:, :, :, :n]
+        self.lengths[start:start + count] = n
+
+    def move_rows(self, src: int, dst: int, count: int) -> None:
+        """Per-row: copy rows [src, src+count) to [dst, dst+count) (compaction after a sequence leaves)."""
+        self.k[:, dst:dst + count] = self.k[:, src:src + count].clone()
+        self.v[:, dst:dst + count] = self.v[:, src:src + count].clone()
+        self.lengths[dst:dst + count] = self.lengths[src:src + count].clone()
+
+    def row_full(self, row: int) -> bool:
+        """Per-row: has ``row`` filled every position?"""
+        return int(self.lengths[row]) >= self.max_len
+
+    def grow(self, batch_size: int) -> None:
+        """Per-row: make room for ``batch_size`` rows, keeping the rows already there."""
+        old = self.k.size(1)
+        if batch_size <= old:
+            return
+        pad = list(self.k.shape)
+        pad[1] = batch_size - old
+        self.k = torch.cat([self.k, self.k.new_zeros(pad)], dim=1)
+        self.v = torch.cat([self.v, self.v.new_zeros(pad)], dim=1)
+        self.lengths = torch.cat([self.lengths, self.lengths.new_zeros(batch_size - old)])
 
 
 class RMSNorm(nn.Module):
@@ -175,18 +225,23 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         if self.rope:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D), S = past + T
-        if past == 0:
-            mask, causal = None, True  # plain causal attention over the T new tokens
-        elif T == 1:
-            mask, causal = None, False  # one new token sees every cached position
-        else:  # T new tokens after `past` cached ones: token i sees keys j <= past + i
-            S = past + T
-            mask = torch.arange(S, device=x.device)[None, :] <= past + torch.arange(T, device=x.device)[:, None]
-            causal = False
+        if cache is not None and cache.lengths is not None:  # per-row lengths: row b sees keys j <= lengths[b]
+            lengths = cache.lengths[:B]
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D), S = max(lengths) + 1
+            mask = (torch.arange(k.size(2), device=x.device)[None, :] <= lengths[:, None])[:, None, None, :]
+            causal = False  # mask (B, 1, 1, S)
+        else:
+            past = cache.pos if cache is not None else 0
+            if cache is not None:
+                k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, D), S = past + T
+            if past == 0:
+                mask, causal = None, True  # plain causal attention over the T new tokens
+            elif T == 1:
+                mask, causal = None, False  # one new token sees every cached position
+            else:  # T new tokens after `past` cached ones: token i sees keys j <= past + i
+                S = past + T
+                mask = torch.arange(S, device=x.device)[None, :] <= past + torch.arange(T, device=x.device)[:, None]
+                causal = False
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
@@ -277,10 +332,11 @@ class GPT(nn.Module):
     def context_length(self) -> int:
         return self.config.block_size
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty :class:`KVCache` for ``batch_size`` sequences of up to ``max_len`` tokens."""
+    def new_cache(self, batch_size: int, max_len: int | None = None, per_row: bool = False) -> KVCache:
+        """An empty :class:`KVCache` for ``batch_size`` sequences of up to ``max_len`` tokens
+        (``per_row``: each row its own sequence and length, for continuous batching)."""
         p = self.tok_emb.weight
-        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype)
+        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype, per_row)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``(B, T, V)`` for tokens ``idx (B, T)``, placed after ``cache.pos`` cached ones.
@@ -289,18 +345,31 @@ class GPT(nn.Module):
             ValueError: if the positions run past ``block_size``.
         """
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)
-        rope = None
-        if self.config.positions == "learned":
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
+        if cache is not None and cache.lengths is not None:  # per-row positions, one new token per row
+            if T != 1:
+                raise ValueError(f"a per-row cache takes one token per row, got {T}")
+            positions = cache.lengths[:B]  # (B,)
+            if self.config.positions == "learned":
+                x = x + self.pos_emb(positions)[:, None, :]  # (B, 1, C)
+                rope = None
+            else:
+                rope = (self.rope_cos[positions][:, None, None, :],
+                        self.rope_sin[positions][:, None, None, :])  # (B, 1, 1, D/2) each
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, D/2) each
+            start = cache.pos if cache is not None else 0
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+            rope = None
+            if self.config.positions == "learned":
+                x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
+            else:
+                rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, D/2) each
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope, cache)
-        if cache is not None:
+        if cache is not None and cache.lengths is not None:
+            cache.lengths[:B] += 1
+        elif cache is not None:
             cache.pos += T
         return self.lm_head(self.norm_f(x))  # (B, T, V)

@@ -15,8 +15,10 @@ Streaming responses are server-sent events: ``data: {chunk}`` lines in OpenAI's
 chunk shape, ending with ``data: [DONE]``. Errors use OpenAI's error JSON with
 the matching status: 400 bad request, 401 wrong API key, 404 unknown model or
 route, 413 body too large, 429 server busy. Generation runs in one worker thread
-(:mod:`aigc.serve.scheduler`) shared round-robin by all requests; a request whose
-client disconnects is cancelled.
+(:mod:`aigc.serve.scheduler`) shared round-robin by all requests; the text requests
+of one model decode together in its :class:`~aigc.generate.engine.BatchEngine`
+(continuous batching: one forward pass per step for all of them). A request whose
+client disconnects is cancelled and leaves the batch.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aigc.api import ImageModel, TextModel
 from aigc.errors import AigcError
+from aigc.generate.engine import BatchEngine
 from aigc.serve import protocol as P
 from aigc.serve.scheduler import Busy, Scheduler
 
@@ -62,6 +65,8 @@ class ServeLimits:
         max_images: images per image request.
         max_body_bytes: request body size (413 beyond).
         max_active: requests generating at once; max_queued: requests waiting (429 beyond).
+        max_batch: rows (samples) one model decodes together (continuous batching); a request
+            that does not fit waits for rows to free up.
     """
 
     max_tokens: int = 1024
@@ -71,11 +76,15 @@ class ServeLimits:
     max_body_bytes: int = 1_000_000
     max_active: int = 64
     max_queued: int = 256
+    max_batch: int = 64
 
     def validate(self) -> None:
         for name, value in vars(self).items():
             if not (isinstance(value, int) and value >= (0 if name == "max_queued" else 1)):
                 raise AigcError(f"--{name.replace('_', '-')} = {value}: expected a positive integer")
+        if self.max_batch < self.max_n:
+            raise AigcError(f"--max-batch = {self.max_batch} is smaller than --max-n = {self.max_n}: a request "
+                            "of n samples must fit in one batch")
 
 
 class APIError(Exception):
@@ -109,6 +118,8 @@ class Metrics:
         self.images = Counter("aigc_images_generated", "Images generated", ["model"], registry=r)
         self.cancelled = Counter("aigc_requests_cancelled", "Requests stopped because the client disconnected",
                                  registry=r)
+        self.waited = Counter("aigc_requests_waited_for_batch_rows", "Requests that waited for free batch rows",
+                              registry=r)
         self.rejected = Counter("aigc_requests_rejected_busy", "Requests refused with 429 (queue full)", registry=r)
         Gauge("aigc_requests_in_flight", "Requests generating now", registry=r).set_function(
             lambda: scheduler.in_flight)
@@ -203,9 +214,14 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         raise AigcError("no models to serve")
     limits = limits or ServeLimits()
     limits.validate()
-    scheduler = Scheduler(limits.max_active, limits.max_queued)
+    for m in models.values():
+        if isinstance(m, TextModel):
+            m.batch = BatchEngine(m.model, limits.max_batch)
+    scheduler = Scheduler(limits.max_active, limits.max_queued,
+                          after_round=[m.batch.step for m in models.values() if isinstance(m, TextModel)])
     metrics = Metrics(scheduler)
     scheduler.on_cancel = lambda job: metrics.cancelled.inc()
+    scheduler.on_defer = lambda job: metrics.waited.inc()
     created = {name: int(m.folder.stat().st_mtime) for name, m in models.items()}
 
     @contextlib.asynccontextmanager
@@ -311,7 +327,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     def text_job(tm: TextModel, prompts: list[list[int]], n: int, seed: int | None, settings: dict):
         def steps():
             for k, ids in enumerate(prompts):
-                for step in tm.steps(ids, n, None if seed is None else seed + k, **dict(settings)):
+                for step in tm.steps(ids, n, None if seed is None else seed + k, batched=True, **dict(settings)):
                     yield k, step
         return steps
 

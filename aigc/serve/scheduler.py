@@ -21,6 +21,8 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
+from aigc.generate.engine import RowsFull
+
 
 class Busy(Exception):
     """Every generation slot and every queue place is taken."""
@@ -42,6 +44,7 @@ class Job:
         self.submitted = time.perf_counter()
         self.started: float | None = None  # when the worker first ran it (queue wait = started - submitted)
         self.it: Iterator | None = None
+        self.deferred = False  # has it waited for batch rows?
 
     def cancel(self) -> None:
         """Stop generating (called from the event loop when the client disconnects)."""
@@ -76,11 +79,18 @@ class Scheduler:
         max_active: jobs generating at once (round-robin).
         max_queued: jobs waiting for a slot; more are refused with :class:`Busy`.
         on_cancel: called (in the worker thread) for each job dropped because it was cancelled.
+        on_defer: called (in the worker thread) the first time a job waits for batch rows.
+        after_round: called (in the worker thread) after every job has been advanced once: the
+            batch engines' ``step``, which decode the next token of all their sequences together.
+            A job whose first step raises :class:`~aigc.generate.engine.RowsFull` goes back to the
+            head of the queue until rows free up.
     """
 
-    def __init__(self, max_active: int = 64, max_queued: int = 256, on_cancel: Callable[[Job], None] | None = None):
+    def __init__(self, max_active: int = 64, max_queued: int = 256, on_cancel: Callable[[Job], None] | None = None,
+                 after_round: list[Callable[[], None]] = (), on_defer: Callable[[Job], None] | None = None):
         self.max_active, self.max_queued = max_active, max_queued
-        self.on_cancel = on_cancel
+        self.on_cancel, self.on_defer = on_cancel, on_defer
+        self.after_round = list(after_round)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
@@ -152,6 +162,7 @@ class Scheduler:
                         job._send("end")
                         continue
                     self._active.append(job)
+            deferred = []
             for job in list(self._active):
                 if job.cancelled:
                     self._finish(job, "cancelled")
@@ -163,7 +174,24 @@ class Scheduler:
                     item = next(job.it)
                 except StopIteration:
                     self._finish(job, "end")
+                except RowsFull:  # no batch rows free: wait at the head of the queue
+                    if not job.deferred and self.on_defer is not None:
+                        self.on_defer(job)
+                    job.it, job.deferred = None, True
+                    self._active.remove(job)
+                    deferred.append(job)
                 except Exception as e:  # noqa: BLE001 - handed to the request, which reports it
                     self._finish(job, "error", e)
                 else:
                     job._send("item", item)
+            if deferred:
+                with self._cond:
+                    self._waiting.extendleft(reversed(deferred))
+            for step in self.after_round:
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001 - a failed batch step fails the jobs in it
+                    for job in list(self._active):
+                        self._finish(job, "error", e)
+            if deferred and not self._active:
+                time.sleep(0.001)  # nothing can free rows this round; do not spin

@@ -1,0 +1,86 @@
+"""The web page in a real browser: Playwright for Python driving Debian's headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import API_KEY
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs Debian's package)")
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+        page.goto(server + "/")
+        page.fill("#api-key", API_KEY)
+        page.dispatch_event("#api-key", "change")  # the page reloads the model list with the key
+        page.wait_for_function("document.querySelectorAll('#model option').length === 3")
+        yield page
+        browser.close()
+
+
+def test_typed_prompt_streams_text_into_the_page(page, tmp_path):
+    page.select_option("#model", "text")
+    page.fill("#prompt", "明月")
+    page.fill("#max_tokens", "60")
+    page.fill("#seed", "4")
+    # record every length the output takes while the answer arrives
+    page.evaluate("""() => {
+        window.lengths = [];
+        new MutationObserver(() => window.lengths.push(document.getElementById('output').textContent.length))
+            .observe(document.getElementById('output'), {childList: true, characterData: true, subtree: true});
+    }""")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('text-stats').textContent.includes('tokens in')", timeout=60_000)
+    output = page.text_content("#output")
+    lengths = page.evaluate("window.lengths")
+    assert output.startswith("明月") and len(output) > len("明月")
+    assert len(set(lengths)) >= 3, f"the text arrived in {len(set(lengths))} updates, expected a stream"
+    assert page.text_content("#status") == ""
+    page.screenshot(path=str(tmp_path / "text.png"))
+
+
+def test_chat_model_keeps_the_conversation(page):
+    page.select_option("#model", "chat")
+    assert page.is_visible("#system") and page.is_visible("#clear")
+    page.fill("#prompt", "春风")
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#history .turn').length >= 1 && "
+                           "!document.getElementById('generate').disabled", timeout=60_000)
+    turns = page.locator("#history .turn")
+    assert turns.nth(0).text_content() == "春风"
+    page.click("#clear")
+    assert page.locator("#history .turn").count() == 0
+
+
+def test_image_model_shows_a_grid_and_downloads_it(page, tmp_path):
+    page.select_option("#model", "images")
+    assert page.is_visible("#image-panel") and not page.is_visible("#text-panel")
+    page.select_option("#class", "Trouser")
+    page.fill("#n-images", "12")
+    page.select_option("#size", "56x56")
+    page.click("#img-generate")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 12", timeout=60_000)
+    widths = page.eval_on_selector_all("#grid img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths == [56] * 12
+    assert set(page.eval_on_selector_all("#grid figcaption", "c => c.map(x => x.textContent)")) == {"Trouser"}
+    with page.expect_download() as info:
+        page.click("#download")
+    path = tmp_path / "grid.png"
+    info.value.save_as(path)
+    grid = Image.open(path)
+    assert grid.size == (10 * 58 + 2, 2 * 58 + 2)  # 10 per row, 2 px gaps, two rows
+    page.select_option("#class", "")
+    page.fill("#n-images", "500")
+    page.click("#img-generate")
+    page.wait_for_function("document.getElementById('status').textContent.includes('error')")
+    assert "n = 500: expected 1 to 64" in page.text_content("#status")
