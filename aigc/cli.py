@@ -294,8 +294,8 @@ def cmd_data(args, overrides: list[str]) -> int:
     from aigc.data.sources import DATASETS
 
     for name, spec in DATASETS.items():
-        present = "ok" if spec["path"].is_file() else "missing"
-        print(f"{name:14s} [{present}] text: {spec['description']}")
+        present = "ok" if spec["path"].exists() else "missing"
+        print(f"{name:14s} [{present}] {spec.get('kind', 'text')}: {spec['description']}")
     for name, spec in IMAGE_DATASETS.items():
         present = "ok" if spec["path"].is_dir() else "missing: sudo apt-get install dataset-fashion-mnist"
         print(f"{name:14s} [{present}] images: {spec['description']}")
@@ -314,7 +314,11 @@ def cmd_serve(args, overrides: list[str]) -> int:
         raise AigcError(f"serve takes no config overrides (got {overrides[0]!r})")
     if not 0 <= args.port <= 65535:
         raise AigcError(f"--port {args.port}: expected 0 to 65535")
-    api_key = args.api_key or os.environ.get("AIGC_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("AIGC_API_KEY") or None
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key
+                                    and api_key):
+        raise AigcError("--api-key: expected a non-empty key of printable ASCII characters without spaces at the "
+                        "ends (it travels in an HTTP header)")
     limits = ServeLimits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n,
                          max_images=args.max_images, max_body_bytes=args.max_body_bytes,
                          max_active=args.max_active, max_queued=args.max_queued, max_batch=args.max_batch)

@@ -108,6 +108,8 @@ def test_image_generation_returns_pngs_of_the_asked_class_and_size(client):
     assert [d.revised_prompt for d in every.data] == CLASSES + CLASSES[:1]
     with pytest.raises(openai.BadRequestError, match="names none of this model's classes"):
         client.images.generate(model="images", prompt="a cat")
+    with pytest.raises(openai.BadRequestError, match="names several classes"):
+        client.images.generate(model="images", prompt="a sneaker and a t-shirt")
     with pytest.raises(openai.BadRequestError, match="sizes offered"):
         client.images.generate(model="images", prompt="Trouser", size="1024x1024")
     with pytest.raises(openai.BadRequestError, match="text model"):
@@ -131,9 +133,10 @@ def test_oversize_requests_get_4xx_and_the_server_lives_on(client, server):
         client.completions.create(model="text", prompt="明月", max_tokens=100_000)
     with pytest.raises(openai.BadRequestError, match="n = 99"):
         client.completions.create(model="text", prompt="明月", n=99)
-    with pytest.raises(openai.BadRequestError, match="tokens; this server accepts at most 63") as e:
-        client.completions.create(model="text", prompt="明月春风" * 100)
-    assert e.value.body["code"] == "context_length_exceeded"
+    for prompt in ("明月春风" * 100, "明月春风" * 15):  # refused before encoding / after counting its tokens
+        with pytest.raises(openai.BadRequestError, match="this server accepts at most 63 tokens") as e:
+            client.completions.create(model="text", prompt=prompt)
+        assert e.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.APIStatusError) as e:
         client.completions.create(model="text", prompt="月" * 30_000)
     assert e.value.status_code == 413
@@ -141,6 +144,16 @@ def test_oversize_requests_get_4xx_and_the_server_lives_on(client, server):
         client.completions.create(model="gpt-4", prompt="明月")
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model="text", prompt="明月", temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="seed = 18446744073709551616") as e:
+        client.completions.create(model="text", prompt="明月", seed=2**64)
+    assert e.value.body["param"] == "seed"
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="text", prompt="明月", max_tokens="4")  # no silent coercion
+    with pytest.raises(openai.BadRequestError, match="tool and function calling"):
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}],
+                                       tools=[{"type": "function", "function": {"name": "f"}}])
+    nulls = client.completions.create(model="text", prompt="明月", max_tokens=2, extra_body={"n": None, "echo": None})
+    assert len(nulls.choices) == 1
     auth = {"Authorization": f"Bearer {API_KEY}"}
     r = httpx.post(server + "/v1/completions", content=b"{not json", headers={**auth, "Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
@@ -197,6 +210,10 @@ def test_a_disconnected_stream_stops_generating(server):
     tokens = metric(server, "aigc_generation_tokens_total", '{model="text"}')
     assert tokens > 0
     assert metric(server, "aigc_requests_total", '{endpoint="/v1/completions",status="200"}') >= 1
+    deadline = time.time() + 10  # the abandoned stream is counted too, as 499 (client closed request)
+    while time.time() < deadline and metric(server, "aigc_requests_total", '{endpoint="/v1/completions",status="499"}') < 1:
+        time.sleep(0.2)
+    assert metric(server, "aigc_requests_total", '{endpoint="/v1/completions",status="499"}') >= 1
 
 
 def test_a_full_server_answers_429(served_model_folders):
@@ -246,3 +263,14 @@ def test_requests_beyond_the_batch_rows_wait_and_get_their_own_results(served_mo
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_serve_refuses_bad_startup_settings(served_model_folders, tmp_path):
+    from conftest import run_cli
+
+    text = str(served_model_folders["text"])
+    for args, needle in ((["--api-key", "clé"], "printable ASCII"), (["--port", "70000"], "--port 70000"),
+                         (["--max-batch", "2", "--max-n", "4"], "--max-batch = 2"),
+                         ([f"a={text}", "--host", "127.0.0.1"], "given twice"), ([str(tmp_path)], "neither a model")):
+        r = run_cli("serve", f"a={text}", *args, timeout=120) if args[0] != str(tmp_path) else run_cli("serve", *args)
+        assert r.returncode == 2 and needle in r.stderr, (args, r.stderr)

@@ -74,7 +74,11 @@ def check_messages(messages, where: str = "messages") -> list[dict]:
         role = "system" if role == "developer" else role
         if role not in ROLES:
             raise AigcError(f"{where}[{i}].role = {m.get('role')!r}: expected one of {', '.join(ROLES)}")
+        if m.get("tool_calls") or m.get("function_call") or role == "tool":
+            raise AigcError(f"{where}[{i}]: tool and function calls are not supported")
         content = m.get("content")
+        if content is None and role == "assistant":
+            content = ""
         if isinstance(content, list):
             parts = []
             for j, part in enumerate(content):

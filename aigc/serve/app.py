@@ -38,6 +38,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -128,7 +129,12 @@ class Metrics:
 
 
 class Guard:
-    """ASGI middleware: refuses bodies over ``max_body_bytes`` (413) and records status and latency."""
+    """ASGI middleware: refuses bodies over ``max_body_bytes`` (413) and counts every request once.
+
+    Each request is recorded in ``aigc_requests_total`` with its status and in the latency
+    histogram; a response the client abandoned before its end (a closed stream) is recorded
+    with status 499 (nginx's "client closed request"), an unhandled error with 500.
+    """
 
     def __init__(self, app, max_body_bytes: int, metrics: Metrics):
         self.app, self.max_body, self.metrics = app, max_body_bytes, metrics
@@ -139,23 +145,37 @@ class Guard:
         path = scope["path"]
         endpoint = next((e for e in ENDPOINTS if path == e or (e == "/v1/models" and path.startswith(e))), "other")
         start = time.perf_counter()
-        status = {"code": 500}
+        state = {"status": None, "done": False}
+
+        def record(status: int) -> None:
+            if not state["done"]:
+                state["done"] = True
+                self.metrics.requests.labels(endpoint, str(status)).inc()
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                self.metrics.requests.labels(endpoint, str(status["code"])).inc()
-                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+                state["status"] = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record(state["status"])
 
+        try:
+            await self._handle(scope, receive, counting_send)
+        except BaseException:
+            record(500 if state["status"] is None else 499)
+            raise
+        finally:
+            record(499)  # the response never finished: the client went away
+
+    async def _handle(self, scope, receive, send):
         if scope["method"] in ("POST", "PUT", "PATCH"):
             headers = dict(scope["headers"])
             declared = headers.get(b"content-length")
             too_big = APIError(413, f"request body over the server's limit of {self.max_body} bytes",
                                code="body_too_large")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                return await too_big.response()(scope, receive, counting_send)
+                return await too_big.response()(scope, receive, send)
             body = bytearray()
             while True:
                 message = await receive()
@@ -163,7 +183,7 @@ class Guard:
                     return  # the client left before sending its body
                 body += message.get("body", b"")
                 if len(body) > self.max_body:
-                    return await too_big.response()(scope, receive, counting_send)
+                    return await too_big.response()(scope, receive, send)
                 if not message.get("more_body", False):
                     break
             replayed = False
@@ -175,8 +195,8 @@ class Guard:
                     return {"type": "http.request", "body": bytes(body), "more_body": False}
                 return await receive()  # then http.disconnect, when it comes
 
-            return await self.app(scope, replay, counting_send)
-        return await self.app(scope, receive, counting_send)
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
 
 
 def _encode_sse(obj) -> str:
@@ -248,7 +268,9 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         if err.get("type") == "json_invalid":
             return APIError(400, f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
                             ).response()
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts = [str(x) for x in err.get("loc", ()) if x != "body"]
+        # pydantic appends the union member it tried ("prompt.str"): keep the field and list indices
+        loc = ".".join(x for x in parts if x.isdigit() or x == parts[0]) if parts else ""
         if not loc:
             return APIError(400, "request body must be a JSON object (with Content-Type: application/json)"
                             ).response()
@@ -258,7 +280,13 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     async def _http(request, exc: StarletteHTTPException):
         message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed on "
                    f"{request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None).response()
+        return APIError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None,
+                        headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request, exc: Exception):
+        return APIError(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                        "server_error").response()
 
     # ------------------------------------------------------------ helpers
     async def require_key(request: Request) -> None:
@@ -284,21 +312,35 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         if not isinstance(m, kind):
             other = "/v1/images/generations" if isinstance(m, ImageModel) else "/v1/completions"
             raise APIError(400, f"model {name!r} is {'an image' if isinstance(m, ImageModel) else 'a text'} "
-                           f"model; {what} needs a {'text' if kind is TextModel else 'image'} model (use {other})",
+                           f"model; {what} needs {'a text' if kind is TextModel else 'an image'} model (use {other})",
                            param="model")
         return m
 
-    def encode_prompt(tm: TextModel, text: str, param: str) -> list[int]:
-        ids = [tm.tokenizer.eot_id] + tm.tokenizer.encode(text, param)
+    longest_token = {name: max(len(m.tokenizer.decode([i])) for i in range(m.tokenizer.vocab_size)) or 1
+                     for name, m in models.items() if isinstance(m, TextModel)}
+
+    async def encode_prompt(tm: TextModel, text: str, param: str) -> list[int]:
         limit = limits.max_prompt_tokens
         if tm.model.context_length is not None:
             limit = min(limit, tm.model.context_length - 1)
+        too_long = APIError(400, f"{param} is too long: this server accepts at most {limit} tokens for this model "
+                            "(start-of-document token included)", param=param, code="context_length_exceeded")
+        name = next(n for n, m in models.items() if m is tm)
+        if len(text) > limit * longest_token[name]:  # more tokens than the limit, whatever the text
+            raise too_long
+        ids = [tm.tokenizer.eot_id] + await run_in_threadpool(tm.tokenizer.encode, text, param)
         if len(ids) > limit:
-            raise APIError(400, f"{param} has {len(ids)} tokens; this server accepts at most {limit} for this "
-                           "model", param=param, code="context_length_exceeded")
+            raise APIError(400, f"{param} has {len(ids)} tokens: this server accepts at most {limit} tokens for this "
+                           "model (start-of-document token included)", param=param, code="context_length_exceeded")
         return ids
 
+    def check_seed(seed: int | None, count: int) -> None:
+        if seed is not None and not 0 <= seed <= 2**63 - count:
+            raise APIError(400, f"seed = {seed}: expected an integer from 0 to {2**63 - count}", param="seed")
+
     def settings_of(req: P.SamplingFields, tm: TextModel, max_tokens: int | None) -> dict:
+        if req.n is None:
+            req.n = 1
         if req.logprobs not in (None, False, 0):
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
         if req.logit_bias:
@@ -311,6 +353,8 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
             raise APIError(400, f"max_tokens = {max_tokens}: expected 1 to {limits.max_tokens}",
                            param="max_tokens")
         for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(req, name) is None:
+                setattr(req, name, 0.0)
             if not -2.0 <= getattr(req, name) <= 2.0:
                 raise APIError(400, f"{name} = {getattr(req, name)}: expected -2 to 2", param=name)
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
@@ -320,7 +364,11 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
                     "top_k": req.top_k, "repetition_penalty": req.repetition_penalty, "stop": stop}
         if req.ignore_eos:
             settings["stop_at_document_end"] = False
-        tm._settings(dict(settings))  # raises AigcError (-> 400) naming a value out of range
+        try:
+            tm._settings(dict(settings))
+        except AigcError as e:  # a value out of range, named first in the message
+            name = str(e).split(" ", 1)[0]
+            raise APIError(400, str(e), param=name if name in settings else None) from None
         settings.update(presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty)
         return settings
 
@@ -422,7 +470,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "models": list(models), "in_flight": scheduler.in_flight,
                 "queued": scheduler.queue_depth}
@@ -456,7 +504,8 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         if not texts or len(texts) * req.n > limits.max_n:
             raise APIError(400, f"prompt: {len(texts)} prompts with n = {req.n}: expected 1 to "
                            f"{limits.max_n // req.n} prompts (prompts x n at most {limits.max_n})", param="prompt")
-        prompts = [encode_prompt(tm, t, "prompt") for t in texts]
+        check_seed(req.seed, len(texts))
+        prompts = [await encode_prompt(tm, t, "prompt") for t in texts]
         rid, ts, n = P.new_id("cmpl"), P.now(), req.n
 
         def make_response(out, finish, use):
@@ -479,7 +528,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
                 piece = texts[c // n] + piece
             return {**base, "choices": [{"index": c, "text": piece, "logprobs": None, "finish_reason": fin}]}
 
-        return await run_text(request, req.model, tm, prompts, n, req.seed, settings, req.stream, make_chunk,
+        return await run_text(request, req.model, tm, prompts, n, req.seed, settings, bool(req.stream), make_chunk,
                               make_response, bool((req.stream_options or {}).get("include_usage")))
 
     @app.post("/v1/chat/completions", dependencies=keyed)
@@ -488,12 +537,19 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         if tm.chat is None:
             raise APIError(400, f"model {req.model!r} is not a chat model (its folder has no chat_template in "
                            "tokenizer_config.json); use /v1/completions", param="model")
+        for name in ("tools", "tool_choice", "functions", "function_call"):
+            if getattr(req, name):
+                raise APIError(400, f"{name}: tool and function calling are not supported by this server", param=name)
+        if req.response_format and req.response_format.get("type", "text") != "text":
+            raise APIError(400, "response_format: only {\"type\": \"text\"} is supported (no JSON mode)",
+                           param="response_format")
         text, ends = tm.chat_prompt(req.messages)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         settings = settings_of(req, tm, max_tokens)
         settings["stop"] = (settings["stop"] or []) + ends["stop"] or None
         settings["stop_ids"] = ends["stop_ids"]
-        prompts = [encode_prompt(tm, text, "messages")]
+        check_seed(req.seed, 1)
+        prompts = [await encode_prompt(tm, text, "messages")]
         rid, ts = P.new_id("chatcmpl"), P.now()
 
         def make_response(out, finish, use):
@@ -513,13 +569,16 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
             return {**base, "choices": [{"index": c, "delta": {"content": piece} if piece else {},
                                          "logprobs": None, "finish_reason": fin}]}
 
-        return await run_text(request, req.model, tm, prompts, req.n, req.seed, settings, req.stream, make_chunk,
-                              make_response, bool((req.stream_options or {}).get("include_usage")))
+        return await run_text(request, req.model, tm, prompts, req.n, req.seed, settings, bool(req.stream),
+                              make_chunk, make_response, bool((req.stream_options or {}).get("include_usage")))
 
     @app.post("/v1/images/generations", dependencies=keyed)
     async def images(req: P.ImageRequest, request: Request):
         im = get_model(req.model, ImageModel, "/v1/images/generations")
         name = req.model or next(n for n, m in models.items() if m is im)
+        req.n = 1 if req.n is None else req.n
+        req.response_format = req.response_format or "b64_json"
+        check_seed(req.seed, 1)
         if req.response_format != "b64_json":
             raise APIError(400, f"response_format = {req.response_format!r}: only 'b64_json' is supported "
                            "(this server keeps no image files to link to)", param="response_format")
@@ -567,7 +626,9 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         if req.messages is not None and tm.chat is None:
             raise APIError(400, f"model {req.model!r} is not a chat model; tokenize a prompt", param="messages")
         text = req.prompt if req.prompt is not None else tm.chat_prompt(req.messages)[0]
-        ids = tm.tokenizer.encode(text, "prompt")
+        if len(text) > limits.max_body_bytes:  # cannot come from a body within the limit, but be sure
+            raise APIError(413, "prompt too long", code="body_too_large")
+        ids = await run_in_threadpool(tm.tokenizer.encode, text, "prompt")
         if req.add_special_tokens:
             ids = [tm.tokenizer.eot_id] + ids
         return {"tokens": ids, "count": len(ids), "max_model_len": tm.model.context_length}
@@ -585,7 +646,8 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
 
 
 def class_of_prompt(im: ImageModel, prompt: str) -> int | None:
-    """The class a prompt asks for: a class name or index, or a prompt naming exactly one class.
+    """The class a prompt asks for: a class name or index, or a prompt naming exactly one class
+    (a class name or one of its "/"-separated parts, as a whole word, optionally plural).
 
     An empty prompt means every class in turn; an unconditional model ignores the prompt.
 
@@ -605,13 +667,11 @@ def class_of_prompt(im: ImageModel, prompt: str) -> int | None:
     for i, c in enumerate(classes):
         for alias in {c.lower(), *c.lower().split("/")}:
             if alias and re.search(rf"(?<![\w-]){re.escape(alias)}(?:e?s)?(?![\w-])", lowered):
-                found[i] = max(found.get(i, 0), len(alias))
+                found[i] = True
     if not found:
         raise APIError(400, f"prompt {prompt!r} names none of this model's classes: {', '.join(classes)}",
                        param="prompt")
-    best = max(found.values())
-    top = [i for i, v in found.items() if v == best]
-    if len(top) > 1:
-        raise APIError(400, f"prompt {prompt!r} names several classes ({', '.join(classes[i] for i in top)}); "
+    if len(found) > 1:
+        raise APIError(400, f"prompt {prompt!r} names several classes ({', '.join(classes[i] for i in found)}); "
                        "name one", param="prompt")
-    return top[0]
+    return next(iter(found))

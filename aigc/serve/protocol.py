@@ -13,11 +13,17 @@ from __future__ import annotations
 import time
 import uuid
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class SamplingFields(BaseModel):
-    """Parameters shared by completions and chat completions."""
+class Strict(BaseModel):
+    """No coercion: ``"4"`` or ``4.5`` is not an integer, ``"yes"`` not a boolean (an int is a float)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class SamplingFields(Strict):
+    """Parameters shared by completions and chat completions (``null`` means the default)."""
 
     model: str
     max_tokens: int | None = None
@@ -25,12 +31,12 @@ class SamplingFields(BaseModel):
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    n: int = 1
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    n: int | None = 1
     stop: str | list[str] | None = None
     seed: int | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: dict | None = None
     ignore_eos: bool = False  # vLLM's extension: go on past the end-of-document token (benchmarks)
     logprobs: int | bool | None = None
@@ -42,7 +48,7 @@ class CompletionRequest(SamplingFields):
     """``POST /v1/completions``: ``prompt`` is a string or a list of strings (one choice group each)."""
 
     prompt: str | list[str]
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
 
@@ -52,23 +58,28 @@ class ChatRequest(SamplingFields):
 
     messages: list[dict]
     max_completion_tokens: int | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    response_format: dict | None = None
 
 
-class ImageRequest(BaseModel):
+class ImageRequest(Strict):
     """``POST /v1/images/generations``: ``prompt`` names the class of a conditional model."""
 
     prompt: str = ""
     model: str | None = None
-    n: int = 1
+    n: int | None = 1
     size: str | None = None
-    response_format: str = "b64_json"
+    response_format: str | None = "b64_json"
     seed: int | None = None
     quality: str | None = None
     style: str | None = None
     user: str | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(Strict):
     """``POST /tokenize``: a prompt, or chat messages rendered with the model's template."""
 
     model: str
@@ -77,7 +88,7 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool = True
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(Strict):
     """``POST /detokenize``."""
 
     model: str
