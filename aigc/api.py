@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -181,6 +182,7 @@ class TextModel:
         presence = settings.pop("presence_penalty", 0.0) or 0.0
         frequency = settings.pop("frequency_penalty", 0.0) or 0.0
         stop_ids = set(settings.pop("stop_ids", None) or ())
+        line_start = settings.pop("at_line_start", False)
         cfg = self._settings(settings)
         if cfg.stop_at_document_end:
             stop_ids.add(self.tokenizer.eot_id)
@@ -189,6 +191,8 @@ class TextModel:
         emitted = [0] * n  # characters of each sample already yielded
         finish: list[str | None] = [None] * n
         hold = max((len(s) for s in cfg.stop), default=1) - 1  # text that could still start a stop string
+        if cfg.code_stops:
+            hold = max(hold, 1)  # a final newline may turn out to be a dedent
         if batched:
             steps = self.batch.add(ids, n, params, seed)
         else:
@@ -206,6 +210,10 @@ class TextModel:
                         tokens[i].append(tok)
                         text = self.tokenizer.decode(tokens[i])
                         cut = min((text.find(s) for s in cfg.stop if s in text), default=-1)
+                        if cfg.code_stops:
+                            end = code_end(text, line_start)
+                            if end >= 0 and (cut < 0 or end < cut):
+                                cut = end
                         if cut >= 0:
                             text, finish[i] = text[:cut], "stop"
                         elif step == cfg.max_new_tokens - 1:
@@ -225,15 +233,45 @@ class TextModel:
         finally:
             steps.close()
 
-    def stream_batch(self, prompt: str, n: int = 1, seed: int | None = None, **settings) -> Iterator[list[str]]:
+    def stream_batch(self, prompt: str, n: int = 1, seed: int | None = None, suffix: str | None = None,
+                     **settings) -> Iterator[list[str]]:
         """Generate ``n`` samples together; yield, per step, the new text of each sample.
 
-        See :meth:`steps` for the settings. Raises :class:`AigcError` on a prompt the
-        tokenizer cannot encode or a setting out of range.
+        With ``suffix``, fill in the middle between ``prompt`` and ``suffix`` (a model trained
+        with FIM). See :meth:`steps` for the settings; ``code_stops`` ends a sample where a line
+        starts at column 0. Raises :class:`AigcError` on a prompt the tokenizer cannot encode
+        or a setting out of range.
         """
         max_new = settings.get("max_new_tokens") or self.defaults.max_new_tokens
-        for step in self.steps(self.prompt_ids(prompt, max_new), n, seed, **settings):
+        if suffix is not None:
+            ids = self.infill_ids(prompt, suffix)
+        else:
+            ids = self.prompt_ids(prompt, max_new)
+        settings.setdefault("at_line_start", prompt.endswith("\n") or not prompt)
+        for step in self.steps(ids, n, seed, **settings):
             yield step.pieces
+
+    def infill_ids(self, prefix: str, suffix: str) -> list[int]:
+        """The fill-in-the-middle prompt (PSM) for the text between ``prefix`` and ``suffix``, cropped to fit
+        the context (the prefix from the left, the suffix from the right, with a warning).
+
+        Raises:
+            AigcError: a model trained without FIM tokens (``data.fim_rate = 0``).
+        """
+        from aigc.data.fim import fim_token_ids, infill_prompt
+
+        ids = infill_prompt(self.tokenizer, prefix, suffix)
+        limit = self.model.context_length
+        if limit is not None and len(ids) > limit - 1:
+            pre, mid, suf = fim_token_ids(self.tokenizer)
+            p, s = self.tokenizer.encode(prefix), self.tokenizer.encode(suffix)
+            room = limit - 1 - 4
+            keep_s = min(len(s), room // 3)
+            keep_p = room - keep_s
+            warnings.warn(f"prefix + suffix of {len(p) + len(s)} tokens do not fit the context ({limit}); keeping "
+                          f"the last {keep_p} tokens of the prefix and the first {keep_s} of the suffix", stacklevel=3)
+            ids = [self.tokenizer.eot_id, pre] + p[len(p) - keep_p:] + [suf] + s[:keep_s] + [mid]
+        return ids
 
     def stream(self, prompt: str, seed: int | None = None, **settings) -> Iterator[str]:
         """Generate one sample and yield its text piece by piece as tokens arrive (prompt not included)."""
@@ -375,6 +413,20 @@ class ImageModel:
         if not files:
             raise AigcError(f"{', '.join(map(str, paths))}: no images found")
         return to_signed(torch.from_numpy(np.stack([read_image_file(f, c, size, True) for f in files])))
+
+
+def code_end(text: str, line_start: bool = False) -> int:
+    """Where a code completion ends: the first newline followed by a line that starts at column 0
+    (a new ``def``, ``class``, ``if __name__``, a comment, ...), or 0 when ``line_start`` (the
+    prompt ended a line) and the text itself starts at column 0. -1 when it has not ended.
+    """
+    if line_start and text and not text[0].isspace():
+        return 0
+    m = _DEDENT.search(text)
+    return m.start() if m else -1
+
+
+_DEDENT = re.compile(r"\n(?=\S)")
 
 
 def load(path: str | Path, device: str = "auto"):

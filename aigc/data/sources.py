@@ -4,7 +4,9 @@
   separated by lines equal to it (``whole_file`` makes each file one document).
 - ``.jsonl``: one JSON object per line, the document in ``field``.
 - a directory: every file matching ``glob`` (sorted), each read as above.
-- a named dataset (:data:`DATASETS`): shipped with the package.
+- a named dataset (:data:`DATASETS`): shipped with the package, or ``python-stdlib``.
+- code (``data.format = "code"``): source files of one or more directories, whole
+  files byte for byte (:mod:`aigc.data.code`).
 
 Input must be UTF-8; invalid bytes, binary files and empty corpora are
 :class:`AigcError` naming the file (and byte offset or line).
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 from pathlib import Path
 
 from aigc.config import DataConfig
+from aigc.data.code import read_code, read_python_stdlib, stdlib_root
 from aigc.errors import AigcError
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -26,6 +30,11 @@ DATASETS = {
         "path": BUILTIN / "tang-poems.jsonl.xz",
         "field": "text",
         "description": "57k Tang poems (chinese-poetry, MIT), simplified characters, title + body per document",
+    },
+    "python-stdlib": {
+        "path": stdlib_root(),
+        "kind": "code",
+        "description": "this Python's standard library, .py files without site-packages and tests (PSF license)",
     },
 }
 
@@ -115,12 +124,28 @@ def source_name(cfg: DataConfig) -> str:
 
 
 def read_documents(cfg: DataConfig, progress: bool = True) -> list[str]:
-    """All documents of the configured source, in a deterministic order.
+    """All documents of the configured source, in a deterministic order (see :func:`read_corpus`)."""
+    return read_corpus(cfg, progress)[0]
+
+
+def read_corpus(cfg: DataConfig, progress: bool = True) -> tuple[list[str], str | None]:
+    """All documents of the configured source, in a deterministic order, and for code what was
+    kept and skipped (one line; None for text).
+
+    Code (``data.format = "code"`` or the ``python-stdlib`` dataset) is read by
+    :mod:`aigc.data.code`: whole files, byte for byte; ``data.source`` may name several
+    directories separated by ``os.pathsep`` (":" on Linux).
 
     Raises:
         AigcError: unknown dataset, missing path, bad file (binary, invalid UTF-8,
             bad JSON line), no matching files, or no documents at all.
     """
+    if cfg.dataset and DATASETS.get(cfg.dataset, {}).get("kind") == "code":
+        corpus = read_python_stdlib(cfg.max_file_bytes)
+        return corpus.texts, corpus.report()
+    if not cfg.dataset and cfg.format == "code":
+        corpus = read_code([p for p in cfg.source.split(os.pathsep) if p], cfg.extensions, cfg.max_file_bytes)
+        return corpus.texts, corpus.report()
     if cfg.dataset:
         if cfg.dataset not in DATASETS:
             raise AigcError(f"unknown dataset {cfg.dataset!r} (known: {', '.join(DATASETS)})")
@@ -155,4 +180,4 @@ def read_documents(cfg: DataConfig, progress: bool = True) -> list[str]:
         where = str(path)
     if not docs:
         raise AigcError(f"{where}: the corpus is empty (no non-blank documents)")
-    return docs
+    return docs, None

@@ -108,13 +108,18 @@ def train_char_tokenizer(docs: Iterable[str]) -> Tokenizer:
     return Tokenizer(tk)
 
 
-def train_bpe_tokenizer(docs: Iterable[str], vocab_size: int, show_progress: bool = True) -> Tokenizer:
-    """A byte-level BPE tokenizer with ``vocab_size`` tokens (boundary token included) learned on ``docs``."""
+def train_bpe_tokenizer(docs: Iterable[str], vocab_size: int, show_progress: bool = True,
+                        extra_special: list[str] = ()) -> Tokenizer:
+    """A byte-level BPE tokenizer with ``vocab_size`` tokens (special tokens included) learned on ``docs``.
+
+    ``extra_special``: more special tokens after the boundary token (ids 1, 2, ...), e.g. the
+    fill-in-the-middle sentinels.
+    """
     tk = HFTokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[DOC_TOKEN], show_progress=show_progress,
+        vocab_size=vocab_size, special_tokens=[DOC_TOKEN, *extra_special], show_progress=show_progress,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(docs, trainer=trainer)
     return Tokenizer(tk)
