@@ -607,27 +607,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL_OR_RUN", help="run or model folders, optionally NAME=PATH")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on /v1/* "
-                   "(default: $AIGC_API_KEY; none = open)")
+    p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and "
+                   "/detokenize; the page, /health and /metrics stay open (default: $AIGC_API_KEY; none = open)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--log-level", dest="log_level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level; "
                    "info and debug log every request")
     g = p.add_argument_group("limits (a request beyond one gets a 4xx)")
-    g.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024, help="new tokens per sample")
+    g.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024, help="new tokens per sample (default: %(default)s)")
     g.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=4096,
-                   help="prompt tokens (also capped by the model's context)")
-    g.add_argument("--max-n", dest="max_n", type=int, default=16, help="text samples per request")
-    g.add_argument("--max-images", dest="max_images", type=int, default=64, help="images per request")
+                   help="prompt tokens (also capped by the model's context) (default: %(default)s)")
+    g.add_argument("--max-n", dest="max_n", type=int, default=16, help="text samples per request (default: %(default)s)")
+    g.add_argument("--max-images", dest="max_images", type=int, default=64, help="images per request (default: %(default)s)")
     g.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1_000_000,
-                   help="request body size in bytes")
+                   help="request body size in bytes (default: %(default)s)")
     g.add_argument("--max-active", dest="max_active", type=int, default=64,
-                   help="requests generating at once (round-robin)")
+                   help="requests generating at once (round-robin) (default: %(default)s)")
     g.add_argument("--max-queued", dest="max_queued", type=int, default=256,
-                   help="requests waiting for a slot; more get 429")
+                   help="requests waiting for a slot; more get 429 (default: %(default)s)")
     g.add_argument("--max-batch", dest="max_batch", type=int, default=64,
-                   help="samples one model decodes together (continuous batching); more wait their turn")
+                   help="samples one model decodes together (continuous batching); more wait their turn (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="list the named datasets", description="List the named datasets.")

@@ -152,6 +152,8 @@ def test_oversize_requests_get_4xx_and_the_server_lives_on(client, server):
     with pytest.raises(openai.BadRequestError, match="tool and function calling"):
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}],
                                        tools=[{"type": "function", "function": {"name": "f"}}])
+    with pytest.raises(openai.BadRequestError, match="not trained for fill-in-the-middle"):
+        client.completions.create(model="text", prompt="明月", suffix="春风")
     nulls = client.completions.create(model="text", prompt="明月", max_tokens=2, extra_body={"n": None, "echo": None})
     assert len(nulls.choices) == 1
     auth = {"Authorization": f"Bearer {API_KEY}"}

@@ -31,6 +31,7 @@ import io
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aigc.api import ImageModel, TextModel
+from aigc.data.fim import fim_token_ids
 from aigc.errors import AigcError
 from aigc.generate.engine import BatchEngine
 from aigc.serve import protocol as P
@@ -495,8 +497,9 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     @app.post("/v1/completions", dependencies=keyed)
     async def completions(req: P.CompletionRequest, request: Request):
         tm = get_model(req.model, TextModel, "/v1/completions")
-        if req.suffix:
-            raise APIError(400, "suffix (fill-in-the-middle) is not supported by this model", param="suffix")
+        if req.suffix is not None and fim_token_ids(tm.tokenizer) is None:
+            raise APIError(400, f"suffix: model {req.model!r} was not trained for fill-in-the-middle "
+                           "(no FIM tokens in its tokenizer)", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise APIError(400, "best_of is not supported (only best_of = n)", param="best_of")
         settings = settings_of(req, tm, req.max_tokens if req.max_tokens is not None else 16)
@@ -505,7 +508,17 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
             raise APIError(400, f"prompt: {len(texts)} prompts with n = {req.n}: expected 1 to "
                            f"{limits.max_n // req.n} prompts (prompts x n at most {limits.max_n})", param="prompt")
         check_seed(req.seed, len(texts))
-        prompts = [await encode_prompt(tm, t, "prompt") for t in texts]
+        if req.suffix is not None:  # fill in the middle: one prompt (the prefix) and the suffix
+            if len(texts) != 1:
+                raise APIError(400, "suffix: give one prompt (the text before the gap)", param="prompt")
+            if len(texts[0]) + len(req.suffix) > limits.max_prompt_tokens * longest_token[req.model]:
+                raise APIError(400, "prompt + suffix too long", param="suffix", code="context_length_exceeded")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # cropped to the context, as the CLI does
+                prompts = [await run_in_threadpool(tm.infill_ids, texts[0], req.suffix)]
+            settings["code_stops"] = False
+        else:
+            prompts = [await encode_prompt(tm, t, "prompt") for t in texts]
         rid, ts, n = P.new_id("cmpl"), P.now(), req.n
 
         def make_response(out, finish, use):

@@ -3,8 +3,8 @@
 Field names, defaults and ranges follow OpenAI's API reference (completions,
 chat completions, images) so the official clients work unchanged; ``top_k``,
 ``repetition_penalty`` and ``ignore_eos`` are extensions that vLLM and others accept too. Fields we
-cannot honour (``logprobs``, ``logit_bias``, ``suffix``, ``best_of`` > n, image
-URLs) are refused with a 400 rather than silently ignored. Unknown fields are
+cannot honour (``logprobs``, ``logit_bias``, ``suffix`` for a model not trained for
+fill-in-the-middle, ``best_of`` > n, image URLs) are refused with a 400 rather than silently ignored. Unknown fields are
 ignored, as OpenAI's server does.
 """
 
