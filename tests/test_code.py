@@ -17,7 +17,12 @@ from aigc.data.code import read_code, read_python_stdlib
 from aigc.data.fim import FIM_TOKENS, fim_example, fim_token_ids
 from aigc.data.tokenizer import train_bpe_tokenizer
 from aigc.evaluate.code import load_problems, pass_at_k, reference_completions, score
-from aigc.evaluate.sandbox import run_sandboxed, sandbox_info
+from aigc.errors import AigcError
+from aigc.evaluate.sandbox import check_sandbox, run_sandboxed, sandbox_info
+
+# Where the kernel gives no network namespace (a container without the privilege), the tests run the
+# sandbox with its other layers, as a user would with --unsafe-allow-network; the last test checks the refusal.
+NO_NETNS = sandbox_info().netns is None
 
 
 def write(path: Path, data: bytes | str) -> None:
@@ -164,9 +169,10 @@ def test_pass_at_k_is_the_unbiased_estimator():
 def test_harness_scores_canonical_solutions_all_and_empty_bodies_none(task, count):
     problems = load_problems(task)
     assert len(problems) == count
-    canonical = score(problems, reference_completions(problems, "canonical"), [1], progress=False)
+    canonical = score(problems, reference_completions(problems, "canonical"), [1], progress=False,
+                      allow_network=NO_NETNS)
     assert canonical["solved"] == count and canonical["pass@1"] == 1.0 and canonical["syntax_valid"] == 1.0
-    empty = score(problems, reference_completions(problems, "empty"), [1], progress=False)
+    empty = score(problems, reference_completions(problems, "empty"), [1], progress=False, allow_network=NO_NETNS)
     assert empty["solved"] == 0 and empty["pass@1"] == 0.0
 
 
@@ -191,16 +197,19 @@ def test_hostile_completions_are_contained_and_reported(name, tmp_path):
     write(canary, "do not touch")
     code, reason = HOSTILE[name]
     start = time.perf_counter()
-    result = run_sandboxed(code.format(canary_dir=canary_dir, canary=canary), timeout=3)
+    result = run_sandboxed(code.format(canary_dir=canary_dir, canary=canary), timeout=3, allow_network=NO_NETNS)
     assert not result.passed and reason in result.reason, result
     assert canary.read_text() == "do not touch" and os.listdir(canary_dir) == ["secret.txt"]
     assert "do not touch" not in result.stdout
     assert time.perf_counter() - start < 15
-    assert run_sandboxed("print(sum(range(10)))\n", timeout=5).stdout.strip() == "45"  # the host still works
+    assert run_sandboxed("print(sum(range(10)))\n", timeout=5, allow_network=NO_NETNS).stdout.strip() == "45"
 
 
-def test_the_sandbox_isolates_the_network_here():
+def test_the_sandbox_isolates_the_network_or_refuses_to_run():
     info = sandbox_info()
-    if info.netns is None:
-        pytest.skip("no network namespace on this machine (unshare -n / -rn refused)")
-    assert "new network namespace" in info.describe()
+    if info.netns is None:  # no namespace: refuse unless the caller accepts the risk
+        with pytest.raises(AigcError, match="--unsafe-allow-network"):
+            check_sandbox(allow_network=False)
+        assert "NETWORK NOT ISOLATED" in check_sandbox(allow_network=True).describe()
+    else:
+        assert "new network namespace" in check_sandbox().describe()
