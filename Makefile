@@ -59,6 +59,8 @@ demo: install fashion-mnist
 		--train.eval_interval=250 --train.checkpoint_interval=250
 	$(BIN)/aigc sample $(IMGRUN) --n 100 --seed 0 --scale 3 --out $(IMGRUN)/grid.png
 	@echo "one column per class: $(IMGRUN)/grid.png (training curves: $(IMGRUN)/loss.png, grids over time: $(IMGRUN)/samples/)"
+	@echo; echo "serve both (OpenAI-compatible API and a web page on http://127.0.0.1:8000/):"; \
+		echo "  $(BIN)/aigc serve $(RUN) $(IMGRUN)"
 
 test: install fashion-mnist chromium
 	$(BIN)/pip install -q -e '.[test]'
