@@ -174,6 +174,8 @@ class TextModel:
 
         ``batched``: decode inside :attr:`batch` (a :class:`~aigc.generate.engine.BatchEngine`
         shared with other requests; its owner calls ``step()`` between ``next`` calls).
+        ``healed``: token healing (Microsoft Guidance's name for it): the text cut from the end of
+        the prompt; the first token must start with it, and it is not part of the output.
 
         Raises:
             AigcError: a setting out of range.
@@ -183,6 +185,7 @@ class TextModel:
         frequency = settings.pop("frequency_penalty", 0.0) or 0.0
         stop_ids = set(settings.pop("stop_ids", None) or ())
         line_start = settings.pop("at_line_start", False)
+        healed = settings.pop("healed", "")  # text the first token must start with; not shown
         cfg = self._settings(settings)
         if cfg.stop_at_document_end:
             stop_ids.add(self.tokenizer.eot_id)
@@ -193,10 +196,12 @@ class TextModel:
         hold = max((len(s) for s in cfg.stop), default=1) - 1  # text that could still start a stop string
         if cfg.code_stops:
             hold = max(hold, 1)  # a final newline may turn out to be a dedent
+        allowed = self._tokens_starting_with(healed) if healed else None
         if batched:
-            steps = self.batch.add(ids, n, params, seed)
+            steps = self.batch.add(ids, n, params, seed, allowed)
         else:
-            steps = self.engine.generate(ids, n, cfg.max_new_tokens, params, seed)
+            steps = self.engine.generate(ids, n, cfg.max_new_tokens, params, seed, allowed)
+        drop = len(healed)
         try:
             for step, nxt in enumerate(steps):
                 pieces = [""] * n
@@ -205,10 +210,10 @@ class TextModel:
                         continue
                     if tok in stop_ids:
                         finish[i] = "stop"
-                        text = self.tokenizer.decode(tokens[i])
+                        text = self.tokenizer.decode(tokens[i])[drop:]
                     else:
                         tokens[i].append(tok)
-                        text = self.tokenizer.decode(tokens[i])
+                        text = self.tokenizer.decode(tokens[i])[drop:]
                         cut = min((text.find(s) for s in cfg.stop if s in text), default=-1)
                         if cfg.code_stops:
                             end = code_end(text, line_start)
@@ -239,17 +244,41 @@ class TextModel:
 
         With ``suffix``, fill in the middle between ``prompt`` and ``suffix`` (a model trained
         with FIM). See :meth:`steps` for the settings; ``code_stops`` ends a sample where a line
-        starts at column 0. Raises :class:`AigcError` on a prompt the tokenizer cannot encode
+        starts at column 0. With a BPE tokenizer and ``token_healing`` (default on), a prompt's
+        trailing whitespace is cut and the first token must start with it: a prompt ending in
+        "\n" otherwise forces a token boundary the model rarely saw in training (byte-level BPE
+        merges a newline with the indentation after it). Raises :class:`AigcError` on a prompt the tokenizer cannot encode
         or a setting out of range.
         """
         max_new = settings.get("max_new_tokens") or self.defaults.max_new_tokens
+        settings.setdefault("at_line_start", prompt.endswith("\n") or not prompt)
+        healed = ""
         if suffix is not None:
             ids = self.infill_ids(prompt, suffix)
         else:
-            ids = self.prompt_ids(prompt, max_new)
-        settings.setdefault("at_line_start", prompt.endswith("\n") or not prompt)
+            heal = settings.get("token_healing")
+            if (self.defaults.token_healing if heal is None else heal) and self.tokenizer.kind == "bpe":
+                healed = prompt[len(prompt.rstrip()):] if prompt.strip() else ""
+                if healed and not self._tokens_starting_with(healed).any():
+                    healed = ""
+            ids = self.prompt_ids(prompt[:len(prompt) - len(healed)], max_new)
+        settings["healed"] = healed
         for step in self.steps(ids, n, seed, **settings):
             yield step.pieces
+
+    def _tokens_starting_with(self, text: str) -> torch.Tensor:
+        """Bool ``(V,)``: the tokens whose text starts with ``text`` (cached per text)."""
+        cache = self.__dict__.setdefault("_heal_cache", {})
+        if text not in cache:
+            if "_token_texts" not in self.__dict__:
+                self._token_texts = [self.tokenizer.tk.decode([i], skip_special_tokens=False)
+                                     for i in range(self.tokenizer.vocab_size)]
+            mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
+            for i, t in enumerate(self._token_texts):
+                if t.startswith(text) and i != self.tokenizer.eot_id:
+                    mask[i] = True
+            cache[text] = mask
+        return cache[text]
 
     def infill_ids(self, prefix: str, suffix: str) -> list[int]:
         """The fill-in-the-middle prompt (PSM) for the text between ``prefix`` and ``suffix``, cropped to fit

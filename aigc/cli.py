@@ -350,7 +350,8 @@ def _eval_code(args) -> int:
     results["completions"] = completions
     write_json(out, results)
     rows = [("problems", results["problems"]), ("samples per problem", n),
-            ("syntax valid (share of samples)", results["syntax_valid"])]
+            ("syntax valid (share of samples)", results["syntax_valid"]),
+            ("empty completions (share)", results["empty_share"])]
     rows += [(f"pass@{k}", results[f"pass@{k}"]) for k in ks]
     rows += [("problems solved by any sample", results["solved"])]
     if results.get("prompts_cropped_to_context"):

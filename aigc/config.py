@@ -200,6 +200,7 @@ class SampleConfig:
     stop: list[str] = field(default_factory=list)  # stop strings, not included in the output
     stop_at_document_end: bool = True  # stop when the model emits the document-boundary token
     code_stops: bool = False  # code: stop where a line starts at column 0 (a new def, class, if __name__, ...)
+    token_healing: bool = True  # BPE: a prompt's trailing whitespace is regenerated as part of the first token
     prompts: list[str] = field(default_factory=list)  # prompts the demo prints samples for
 
     def validate(self) -> None:

@@ -149,3 +149,17 @@ def test_batch_engine_refuses_rows_it_does_not_have():
         engine.add([1], 5)
     seq.close()
     assert engine.add([1], 2).n == 2
+
+
+def test_first_token_constraint_of_token_healing_holds_alone_and_batched():
+    """Token healing: only the allowed tokens may come first, in Engine and in BatchEngine alike."""
+    from aigc.generate.engine import BatchEngine
+
+    model = tiny_gpt()
+    allowed = torch.zeros(50, dtype=torch.bool)
+    allowed[[7, 11]] = True
+    params = SamplingParams(temperature=1.5)
+    alone = torch.stack(list(Engine(model).generate([1, 2, 3], 6, 5, params, seed=3, first_allowed=allowed)), dim=1)
+    assert set(alone[:, 0].tolist()) <= {7, 11} and len(set(alone[:, 1:].flatten().tolist())) > 2
+    seq = BatchEngine(model).add([1, 2, 3], 6, params, seed=3, first_allowed=allowed)
+    assert torch.equal(next(seq), alone[:, 0])

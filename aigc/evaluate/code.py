@@ -12,7 +12,8 @@ docstring, ``entry_point``, ``canonical_solution``, ``test`` defining ``check``)
 
 For each problem the model writes ``n`` completions of the body (code stops: the
 completion ends where a line starts at column 0). A completion is **syntactically
-valid** when ``prompt + completion`` parses with :mod:`ast`; it **passes** when
+valid** when ``prompt + completion`` parses with :mod:`ast` (an empty completion does: the
+docstring is a body, so the share of empty completions is reported beside it); it **passes** when
 ``prompt + completion + test + check(entry_point)`` exits cleanly in the sandbox
 (:mod:`aigc.evaluate.sandbox`). pass@k is the unbiased estimator of Chen et al. 2021,
 ``1 - C(n - c, k) / C(n, k)`` averaged over problems (c = passing completions).
@@ -129,6 +130,7 @@ def score(problems: list[dict], completions: list[list[str]], ks: list[int], tim
         "problems": len(problems), "samples_per_problem": n,
         "solved": sum(1 for r in per_problem if r["passed"] > 0),
         "syntax_valid": sum(r["syntax_ok"] for r in per_problem) / (len(problems) * n),
+        "empty_share": sum(not c.strip() for cs in completions for c in cs) / (len(problems) * n),
         "sandbox": info.describe(),
         "per_problem": per_problem,
     }

@@ -50,11 +50,13 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], num_samples: int = 1, max_new_tokens: int = 100,
-                 params: SamplingParams = SamplingParams(), seed: int | None = None) -> Iterator[torch.Tensor]:
+                 params: SamplingParams = SamplingParams(), seed: int | None = None,
+                 first_allowed: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield the next token of every sample, ``(num_samples,) int64`` on CPU, once per step.
 
         The caller stops consuming when it has what it needs (stop tokens and stop
         strings are its business); closing the iterator frees the cache.
+        ``first_allowed`` (bool ``(V,)``): the tokens the first new token may be (token healing).
 
         Raises:
             ValueError: an empty prompt, or a prompt longer than the model's context.
@@ -69,6 +71,8 @@ class Engine:
         ids = torch.tensor([prompt] * num_samples, dtype=torch.long, device=self.device)  # (B, T)
         counts = _counts(ids, self.model_vocab)
         cache, logits = self._prefill(ids)
+        if first_allowed is not None:
+            logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
         history = ids
         for _ in range(max_new_tokens):
             nxt = sample_next(logits, counts, params, generator)  # (B,)
@@ -180,8 +184,10 @@ class BatchEngine:
 
     @torch.inference_mode()
     def add(self, prompt: list[int], n: int = 1, params: SamplingParams = SamplingParams(),
-            seed: int | None = None) -> Sequence:
+            seed: int | None = None, first_allowed: torch.Tensor | None = None) -> Sequence:
         """Prefill ``prompt`` for ``n`` samples; the first tokens are ready to take at once.
+
+        ``first_allowed`` (bool ``(V,)``): the tokens the first new token may be (token healing).
 
         Raises:
             RowsFull: fewer than ``n`` rows free (the caller retries later).
@@ -213,6 +219,8 @@ class BatchEngine:
         self.counts[rows] = _counts(ids, self.counts.size(1))
         seq.row, self.rows = self.rows, self.rows + n
         self.seqs.append(seq)
+        if first_allowed is not None:
+            logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
         nxt = sample_next(logits, self.counts[rows], params, generator)
         self._count(rows, nxt)
         seq._got(nxt)
