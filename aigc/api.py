@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -117,6 +118,7 @@ class TextModel:
         self.chat = chat
         self.engine = Engine(model)
         self.batch: BatchEngine | None = None  # continuous batching, set up by a server
+        self._heal_cache: dict[str, torch.Tensor] = {}
 
     def chat_prompt(self, messages: list[dict]) -> tuple[str, dict]:
         """The prompt for a conversation, and the settings that end the assistant's turn.
@@ -266,15 +268,17 @@ class TextModel:
         for step in self.steps(ids, n, seed, **settings):
             yield step.pieces
 
+    @functools.cached_property
+    def token_texts(self) -> list[str]:
+        """The text of every token id (special tokens included), decoded once."""
+        return [self.tokenizer.tk.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.vocab_size)]
+
     def _tokens_starting_with(self, text: str) -> torch.Tensor:
         """Bool ``(V,)``: the tokens whose text starts with ``text`` (cached per text)."""
-        cache = self.__dict__.setdefault("_heal_cache", {})
+        cache = self._heal_cache
         if text not in cache:
-            if "_token_texts" not in self.__dict__:
-                self._token_texts = [self.tokenizer.tk.decode([i], skip_special_tokens=False)
-                                     for i in range(self.tokenizer.vocab_size)]
             mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
-            for i, t in enumerate(self._token_texts):
+            for i, t in enumerate(self.token_texts):
                 if t.startswith(text) and i != self.tokenizer.eot_id:
                     mask[i] = True
             cache[text] = mask

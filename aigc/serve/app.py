@@ -318,8 +318,8 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
                            param="model")
         return m
 
-    longest_token = {name: max(len(m.tokenizer.decode([i])) for i in range(m.tokenizer.vocab_size)) or 1
-                     for name, m in models.items() if isinstance(m, TextModel)}
+    longest_token = {name: max(map(len, m.token_texts)) or 1 for name, m in models.items()
+                     if isinstance(m, TextModel)}
 
     async def encode_prompt(tm: TextModel, text: str, param: str) -> list[int]:
         limit = limits.max_prompt_tokens
