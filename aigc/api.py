@@ -32,6 +32,7 @@ from aigc.errors import AigcError
 from aigc.generate.engine import BatchEngine, Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models import TEXT_FAMILIES, load_model_folder
+from aigc.models.hf import is_hf_folder
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -66,17 +67,24 @@ def set_threads(n: int = 0, what: str = "threads") -> None:
 
 
 def resolve_model_folder(path: str | Path) -> Path:
-    """A model folder itself, or the latest checkpoint of a run folder.
+    """A model folder itself (aigc's or a Hugging Face one), the latest checkpoint of a run
+    folder, or a model shipped with aigc by name (``tang-base``).
 
     Raises:
-        AigcError: the path does not exist, or holds neither a model nor a checkpoint.
+        AigcError: the path does not exist (a hub name gets a message to download it first),
+            or holds neither a model nor a checkpoint.
     """
+    from aigc.models import BUILTIN_MODELS
+    from aigc.models.hf import refuse_hub_name
     from aigc.train.checkpoint import latest_checkpoint
 
+    if not Path(path).exists() and str(path) in BUILTIN_MODELS:
+        return BUILTIN_MODELS[str(path)]
+    refuse_hub_name(path)
     path = Path(path)
     if not path.exists():
         raise AigcError(f"{path}: no such run or model folder")
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path
     if (path / "checkpoints").is_dir():
         ckpt = latest_checkpoint(path)
@@ -462,6 +470,27 @@ def code_end(text: str, line_start: bool = False) -> int:
 _DEDENT = re.compile(r"\n(?=\S)")
 
 
+def hf_sample_defaults(path: Path) -> SampleConfig:
+    """Our sampling defaults from a transformers ``generation_config.json`` (temperature, top-p,
+    top-k, repetition penalty, max_new_tokens; greedy when ``do_sample`` is false)."""
+    defaults = SampleConfig()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return defaults
+    if not isinstance(raw, dict):
+        return defaults
+    if raw.get("do_sample") is False:
+        defaults.temperature = 0.0
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                         ("repetition_penalty", "repetition_penalty"), ("max_new_tokens", "max_new_tokens")):
+        value = raw.get(theirs)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (ours != "temperature"
+                                                                               or raw.get("do_sample") is not False):
+            setattr(defaults, ours, type(getattr(defaults, ours))(value))
+    return defaults
+
+
 def load(path: str | Path, device: str = "auto"):
     """Load a model from a model folder or a run folder (its latest checkpoint).
 
@@ -480,7 +509,9 @@ def load(path: str | Path, device: str = "auto"):
                         f"{model.config.vocab_size}")
     defaults = SampleConfig()
     gen_path = folder / "generation_config.json"
-    if gen_path.is_file():
+    if is_hf_folder(folder):  # transformers' generation_config.json: carry over its sampling settings
+        defaults = hf_sample_defaults(gen_path)
+    elif gen_path.is_file():
         try:
             raw = json.loads(gen_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):

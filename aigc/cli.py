@@ -1,4 +1,4 @@
-"""The `aigc` command: prepare, train, sample, complete, eval, serve, data.
+"""The `aigc` command: prepare, train, sample, complete, chat, eval, serve, data.
 
 Every verb is a function ``cmd_<verb>(args)``; :func:`main` turns an
 :class:`~aigc.errors.AigcError` into ``error: <one line>`` on stderr and exit
@@ -83,6 +83,9 @@ def cmd_train(args, overrides: list[str]) -> int:
     from aigc.config import load_config
     from aigc.train.loop import resolve_resume_config, train
 
+    for flag, key in (("init_from", "train.init_from"), ("lora_rank", "train.lora_rank")):
+        if getattr(args, flag) is not None:
+            overrides = [*overrides, f"--{key}={getattr(args, flag)}"]
     target = Path(args.config)
     if target.is_dir():
         if not args.resume:
@@ -92,6 +95,53 @@ def cmd_train(args, overrides: list[str]) -> int:
         cfg = load_config(target, overrides)
     run_dir = train(cfg, resume=args.resume, progress=not args.quiet, argv=sys.argv)
     print(f"run folder: {run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------- export
+def cmd_export(args, overrides: list[str]) -> int:
+    import json as _json
+
+    from aigc.api import resolve_model_folder
+    from aigc.data.chat import load_chat_template
+    from aigc.data.tokenizer import Tokenizer
+    from aigc.models import load_model_folder, resolve_base
+    from aigc.models.hf import export_hf, hf_names_for_module, is_hf_folder, layout_of
+    from aigc.models.lora import adapter_base, load_adapter, save_adapter
+
+    if overrides:
+        raise AigcError(f"unknown option {overrides[0]}")
+    folder = resolve_model_folder(args.model)
+    out = Path(args.out)
+    if out.exists() and not (out / "config.json").is_file():
+        raise AigcError(f"{out}: exists and is not an earlier export; refusing to replace it")
+    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    chat = load_chat_template(folder)
+    generation = None  # our sampling defaults; a transformers folder's generation_config.json is another format
+    if not is_hf_folder(folder) and (folder / "generation_config.json").is_file():
+        try:
+            generation = _json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise AigcError(f"{folder / 'generation_config.json'}: not valid JSON") from None
+    base = adapter_base(folder) if not (folder / "config.json").is_file() else None
+    if args.merge_lora and base is None:
+        raise AigcError(f"{folder}: holds no LoRA adapter (adapter_config.json); --merge-lora is for LoRA runs")
+    if base is None or args.merge_lora:
+        model = load_model_folder(folder, families=("gpt",))
+        layout = export_hf(model, tokenizer, out, args.dtype, args.max_shard_size, generation, chat)
+        what = "merged model" if args.merge_lora else "model"
+        print(f"wrote {out}: {what}, transformers {layout} layout, {args.dtype}")
+        return 0
+    model = load_model_folder(resolve_base(base, folder), families=("gpt",))
+    layout = layout_of(model.config)
+    if layout == "gpt2":
+        raise AigcError("LoRA adapters are exported for Llama/Qwen2-layout bases (GPT-2 fuses q, k, v into one "
+                        "layer); use --merge-lora to write one merged model")
+    export_hf(model, tokenizer, out, args.dtype, args.max_shard_size, generation, chat)
+    cfg = load_adapter(model, folder)
+    save_adapter(model, cfg, out / "adapter", str(out.resolve()), rename=hf_names_for_module)
+    print(f"wrote {out}: base model (transformers {layout} layout, {args.dtype}) and {out / 'adapter'}: "
+          f"LoRA adapter (PEFT layout, rank {cfg.rank}, alpha {cfg.alpha:g}, {', '.join(cfg.targets)})")
     return 0
 
 
@@ -242,6 +292,7 @@ def cmd_eval(args, overrides: list[str]) -> int:
     from aigc.atomic import write_json
     from aigc.config import load_config, read_toml, config_from_dict
     from aigc.evaluate.text import diversity_metrics, heldout_metrics
+    from aigc.train.loop import use_base_tokenizer
     from aigc.train.tasks import ensure_prepared
 
     _threads(args.threads)
@@ -268,12 +319,16 @@ def cmd_eval(args, overrides: list[str]) -> int:
         return _eval_images(model, cfg, args, run_dir)
     if cfg.is_image:
         raise AigcError(f"{args.config}: an image config; a text model needs a text [data] section")
+    use_base_tokenizer(cfg)  # a fine-tuning config's data is tokenized by its base model, as in training
     data = ensure_prepared(cfg, progress=not args.quiet)
     if data.tokenizer.tk.get_vocab() != model.tokenizer.tk.get_vocab():
         raise AigcError(f"the model's tokenizer differs from the one of {data.folder}; evaluate on data "
                         "prepared with the model's tokenizer")
     results = {"model": str(model.folder), "family": model.family, "data": str(data.folder)}
     results.update(heldout_metrics(model.model, data, args.max_tokens, progress=not args.quiet))
+    scored = "assistant " if data.masks is not None else ""  # chat data: only the assistant's turns are scored
+    if scored:
+        results["val_scored"] = "assistant tokens only (loss per assistant token, bits per assistant character)"
     samples = []
     settings = {"max_new_tokens": args.max_new_tokens}
     for i in range(args.samples):
@@ -284,8 +339,9 @@ def cmd_eval(args, overrides: list[str]) -> int:
                     "sample_settings": {**dataclasses.asdict(model.defaults), **settings}, "seed": args.seed})
     out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
     write_json(out, results)
-    rows = [("val loss (nats/token)", results["val_loss"]), ("val perplexity", results["val_perplexity"]),
-            ("val bits per character", results["val_bpc"]), ("val tokens scored", results["val_tokens_scored"]),
+    rows = [(f"val loss (nats/{scored}token)", results["val_loss"]), ("val perplexity", results["val_perplexity"]),
+            (f"val bits per {scored}character", results["val_bpc"]),
+            (f"val {scored}tokens scored", results["val_tokens_scored"]),
             (f"distinct-1 ({args.samples} samples)", results["distinct_1"]),
             ("distinct-2", results["distinct_2"]), ("repeated 4-gram share", results["repeated_4gram_share"])]
     width = max(len(r[0]) for r in rows)
@@ -425,6 +481,107 @@ def cmd_data(args, overrides: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- chat
+CHAT_COMMANDS = ("/reset starts a new conversation (the system prompt stays), /system TEXT sets the system prompt "
+                 "(/system alone removes it), /exit quits")
+
+
+def cmd_chat(args, overrides: list[str]) -> int:
+    """`aigc chat MODEL`: a conversation in the terminal, one user turn per line of stdin.
+
+    The reply streams token by token and ends at the template's end-of-turn token; the
+    history is kept (its oldest turns dropped when the prompt would not fit the context).
+    Interactive (a terminal), a failing turn is reported and the session goes on, and
+    Ctrl-C stops the reply; with stdin a pipe, either ends the command (exit status 2, 130).
+    """
+    import aigc
+    from aigc.api import ImageModel
+
+    if overrides:
+        raise AigcError(f"chat takes no config overrides (got {overrides[0]!r})")
+    _threads(args.threads)
+    _check_seed(args.seed)
+    model = aigc.load(args.model, device=args.device)
+    if isinstance(model, ImageModel):
+        raise AigcError(f"{args.model}: a {model.family!r} image model; chat needs a text model with a chat template")
+    if model.chat is None:
+        raise AigcError(f"{model.folder}: not a chat model (no chat_template in its tokenizer_config.json); fine-tune "
+                        "one on conversations (data.format = \"chat\") or use `aigc sample`")
+    settings = {k: v for k, v in {"max_new_tokens": args.max_tokens, "temperature": args.temperature,
+                                  "top_p": args.top_p}.items() if v is not None}
+    dataclasses.replace(model.defaults, **settings).validate()  # a bad flag fails before the first turn
+    max_new = settings.get("max_new_tokens", model.defaults.max_new_tokens)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {model.folder} ({CHAT_COMMANDS}; Ctrl-D quits)", file=sys.stderr)
+    system, history, turn = args.system, [], 0
+    while True:
+        if interactive:
+            try:
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                break
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                break
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                history, turn = [], 0
+                print("(conversation cleared)", file=sys.stderr)
+            elif command == "/system":
+                system = rest.strip() or None
+                print("(system prompt set)" if system else "(system prompt removed)", file=sys.stderr)
+            else:
+                print(f"unknown command {command!r}: {CHAT_COMMANDS}", file=sys.stderr)
+            continue
+        user = {"role": "user", "content": line}
+        try:
+            text, ends = _chat_prompt(model, system, history, user, max_new)
+            reply = ""
+            for piece in model.stream(text, seed=None if args.seed is None else args.seed + turn,
+                                      stop=list(model.defaults.stop) + ends["stop"] or None,
+                                      stop_ids=ends["stop_ids"], token_healing=False, **settings):
+                print(piece, end="", flush=True)
+                reply += piece
+        except AigcError as e:
+            if not interactive:
+                raise
+            print(f"\nerror: {e}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the session (a pipe: the command)
+            if not interactive:
+                raise
+            print("\n(reply interrupted; not kept in the conversation)", file=sys.stderr)
+            continue
+        print(flush=True)
+        history += [user, {"role": "assistant", "content": reply}]
+        turn += 1
+    return 0
+
+
+def _chat_prompt(model, system: str | None, history: list[dict], user: dict, max_new: int) -> tuple[str, dict]:
+    """The prompt for the next turn; the oldest turns of ``history`` are dropped (in place, with a
+    note on stderr) while it would not leave room in the model's context for the reply
+    (``max_new`` tokens, or a quarter of the context when that is less: a longer reply slides
+    the context as :class:`~aigc.generate.engine.Engine` does)."""
+    while True:
+        messages = ([{"role": "system", "content": system}] if system else []) + history + [user]
+        text, ends = model.chat_prompt(messages)
+        limit = model.model.context_length
+        if not history or limit is None or len(model.tokenizer.encode(text)) + 1 + min(max_new, limit // 4) <= limit:
+            return text, ends
+        del history[:2]
+        print("(dropped the oldest turn to fit the model's context)", file=sys.stderr)
+
+
 # ---------------------------------------------------------------- serve
 def cmd_serve(args, overrides: list[str]) -> int:
     import ipaddress
@@ -511,8 +668,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "(e.g. --train.max_steps=500 --model.n_layer=4).")
     p.add_argument("config", help="a run config .toml, or a run folder with --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its latest checkpoint")
+    p.add_argument("--init-from", dest="init_from", metavar="MODEL_FOLDER",
+                   help="fine-tune this model (an aigc or Hugging Face folder, a run, or `tang-base`) with its "
+                   "tokenizer (= --train.init_from)")
+    p.add_argument("--lora-rank", dest="lora_rank", type=int, metavar="R",
+                   help="train LoRA adapters of rank R instead of every weight (= --train.lora_rank)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a model as a Hugging Face transformers folder",
+                       description="Write a gpt model (a model folder, a run, or a LoRA run) as a folder that "
+                       "transformers' AutoModelForCausalLM and AutoTokenizer load: Llama layout for "
+                       "RMSNorm/rotary/SwiGLU models (Qwen2 with q/k/v biases), GPT-2 layout for "
+                       "LayerNorm/learned/GELU ones. A LoRA run exports its base plus the adapter in PEFT's "
+                       "layout (OUT/adapter), or with --merge-lora one merged model.")
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="a model folder, run folder or LoRA adapter folder")
+    p.add_argument("out", metavar="OUT", help="the folder to write (must not exist, or be an earlier export)")
+    p.add_argument("--merge-lora", dest="merge_lora", action="store_true",
+                   help="merge a LoRA run's adapter into its base and write one model")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the written weights (default: float32)")
+    p.add_argument("--max-shard-size", dest="max_shard_size", default="2GB",
+                   help="split the weights into shards of at most this size, with an index (default: 2GB)")
+    p.set_defaults(func=cmd_export)
 
     def generation_flags(p, with_prompt=True):
         if with_prompt:
@@ -564,6 +742,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-infill", dest="no_infill", action="store_true",
                    help="ignore the rest of the file (plain left-to-right completion)")
     p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("chat", help="talk with a chat model in the terminal",
+                       description="A conversation with a chat model (a folder whose tokenizer_config.json has a "
+                       "chat_template, e.g. one fine-tuned with data.format = \"chat\"). Each line of stdin is a "
+                       "user turn; the reply streams as it is generated and the history is kept. "
+                       + CHAT_COMMANDS + "; end of input quits too. Unset parameters come from the model's "
+                       "generation_config.json.")
+    p.add_argument("model", help="a run folder (its latest checkpoint) or a model folder")
+    p.add_argument("--system", help="the system prompt (default: none)")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, help="new tokens per reply at most")
+    p.add_argument("--temperature", type=float, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--seed", type=int, help="random seed: reply i of a conversation uses seed + i (/reset starts "
+                   "a new conversation), so a conversation replays the same")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="text: perplexity, bits/char, diversity; images: FD, KID, precision/recall",
                        description="Text models: score the val split (perplexity, bits per character) and the "

@@ -50,12 +50,12 @@ class DataConfig:
 
     dataset: str = ""  # a named dataset (aigc data list), or "" to use `source`
     source: str = ""  # path to a .txt / .jsonl file or a directory
-    format: str = "auto"  # auto | txt | jsonl | dir
+    format: str = "auto"  # auto | txt | jsonl | dir | code | chat (auto: chat for a .jsonl of {"messages": [...]})
     field: str = "text"  # the JSON field holding the document, for .jsonl
     separator: str = ""  # txt: a line equal to this separates documents; "" = one document per line
     glob: str = "**/*.txt"  # dir: which files to read, relative to the directory
     whole_file: bool = False  # txt/dir: each file is one document (for code, say)
-    tokenizer: str = "char"  # char | bpe (byte-level BPE)
+    tokenizer: str = "char"  # char | bpe (byte-level BPE) | a tokenizer.json or model folder to reuse (a base model's)
     vocab_size: int = 8192  # bpe only: target vocabulary size, special tokens included
     val_fraction: float = 0.05  # share of documents held out for validation
     split_seed: int = 1234  # seed of the document-level train/val split
@@ -64,12 +64,21 @@ class DataConfig:
     max_file_bytes: int = 1_000_000  # code: larger files are skipped
     fim_rate: float = 0.0  # share of train documents made fill-in-the-middle examples (Bavarian et al. 2022)
     fim_spm_rate: float = 0.5  # of those, the share in suffix-prefix-middle order (the rest prefix-suffix-middle)
+    chat_template: str = ""  # chat: "" = the tokenizer's own (a base model's tokenizer_config.json) | chatml
 
     def validate(self) -> None:
         if not self.dataset and not self.source:
             raise AigcError("config key data.dataset or data.source must be set (a named dataset or a path)")
-        if self.format not in ("auto", "txt", "jsonl", "dir", "code"):
-            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir, code")
+        if self.format not in ("auto", "txt", "jsonl", "dir", "code", "chat"):
+            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir, code, chat")
+        if self.chat_template not in ("", "chatml"):
+            raise AigcError(f"data.chat_template = {self.chat_template!r}: expected \"\" (the tokenizer's own "
+                            "template) or \"chatml\"")
+        if self.format == "chat" and self.dataset:
+            raise AigcError(f"data.format = \"chat\" reads data.source (a .jsonl of conversations); data.dataset = "
+                            f"{self.dataset!r} is not a chat dataset")
+        if self.format == "chat" and self.fim_rate > 0:
+            raise AigcError("data.fim_rate > 0 does not apply to chat data (data.format = \"chat\"); set it to 0")
         if not self.extensions or not all(isinstance(e, str) and e.strip(".") for e in self.extensions):
             raise AigcError(f"data.extensions = {self.extensions!r}: expected file extensions like [\".py\"]")
         if self.max_file_bytes < 1:
@@ -77,11 +86,16 @@ class DataConfig:
         for name in ("fim_rate", "fim_spm_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AigcError(f"data.{name} = {getattr(self, name)}: expected a number in [0, 1]")
-        if self.fim_rate > 0 and self.tokenizer != "bpe":
+        if self.fim_rate > 0 and self.tokenizer == "char":
             raise AigcError("data.fim_rate > 0 needs data.tokenizer = \"bpe\" (the fill-in-the-middle markers "
                             "are special tokens of the BPE vocabulary)")
         if self.tokenizer not in ("char", "bpe"):
-            raise AigcError(f"data.tokenizer = {self.tokenizer!r}: expected 'char' or 'bpe'")
+            from aigc.data.tokenizer import tokenizer_file
+
+            tokenizer_file(self.tokenizer, "data.tokenizer")  # raises unless it names a tokenizer.json
+            if self.fim_rate > 0:
+                raise AigcError("data.fim_rate > 0 needs data.tokenizer = \"bpe\" (a reused tokenizer has no "
+                                "fill-in-the-middle markers)")
         if self.tokenizer == "bpe" and self.vocab_size < 260:
             raise AigcError(f"data.vocab_size = {self.vocab_size}: byte-level BPE needs at least 260 (256 bytes + specials)")
         if not 0 <= self.split_seed < 2**32:
@@ -155,7 +169,11 @@ class TrainConfig:
     checkpoint_interval: int = 500  # steps between checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     time_limit: str = "wall"  # what max_minutes counts: wall (clock) | cpu (this process's CPU time, all threads)
-    init_from: str = ""  # a model folder to start from instead of random weights
+    init_from: str = ""  # a model folder (aigc's, a Hugging Face one, or `tang-base`) to fine-tune instead of random weights
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the frozen init_from model (Hu et al. 2021)
+    lora_alpha: float = 16.0  # LoRA scale: the update is multiplied by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
+    lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # linear layers adapted
 
     def validate(self) -> None:
         positive = ["batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
@@ -174,6 +192,20 @@ class TrainConfig:
                             f"{os.cpu_count() or 1} cores")
         if not 0 <= self.min_lr <= self.lr:
             raise AigcError(f"train.min_lr = {self.min_lr}: expected 0 <= min_lr <= lr ({self.lr})")
+        if self.lora_rank < 0:
+            raise AigcError(f"train.lora_rank = {self.lora_rank}: expected 0 (full fine-tuning) or a positive rank")
+        if self.lora_rank:
+            if not self.init_from:
+                raise AigcError("train.lora_rank > 0 needs train.init_from (LoRA adapts a pretrained model)")
+            self.lora().validate()
+
+    def lora(self):
+        """The :class:`aigc.models.lora.LoRAConfig` of the ``lora_*`` keys (None when lora_rank = 0)."""
+        from aigc.models.lora import LoRAConfig
+
+        if not self.lora_rank:
+            return None
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, list(self.lora_targets))
         if self.warmup_steps < 0:
             raise AigcError(f"train.warmup_steps = {self.warmup_steps}: expected 0 or more")
         for name in ("weight_decay", "grad_clip", "max_minutes"):

@@ -115,6 +115,6 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_cli_help_on_every_verb():
-    for verb in ("prepare", "train", "sample", "eval", "data"):
+    for verb in ("prepare", "train", "sample", "chat", "eval", "data"):
         result = run_cli(verb, "--help")
         assert result.returncode == 0 and "usage: aigc " + verb in result.stdout

@@ -9,10 +9,17 @@ Jinja's immutable sandbox (templates are data and may come from anyone), as
 
 Messages are dicts ``{"role": "system" | "user" | "assistant", "content": str}``
 (OpenAI's ``developer`` role is read as ``system``).
+
+Chat fine-tuning data (``data.format = "chat"``) is a JSONL file of conversations,
+``{"messages": [...]}`` per line (:func:`read_conversations`). Each is rendered with the
+template and the characters of its assistant turns are found by rendering it turn by
+turn (:func:`render_with_targets`): the text an assistant turn adds after the generation
+prompt is what the model learns to write; everything else is context.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +28,27 @@ from aigc.atomic import write_json
 from aigc.errors import AigcError
 
 ROLES = ("system", "user", "assistant")
+
+# ChatML (OpenAI; Qwen's layout): every turn is <|im_start|>role\ncontent<|im_end|>\n.
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+BUILTIN_TEMPLATES = {"chatml": (CHATML, CHATML_END)}  # name -> (template, eos_token)
+
+
+def _raise_exception(message):
+    raise AigcError(f"chat template: {message}")
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str):
+    """The Jinja template object of ``template``, compiled once (rendering a dataset calls it often)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(template)
 
 
 @dataclass
@@ -39,17 +67,10 @@ class ChatTemplate:
                 ``raise_exception`` message or Jinja's error, in one line).
         """
         import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         messages = check_messages(messages)
-
-        def raise_exception(message):
-            raise AigcError(f"chat template: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
         try:
-            return env.from_string(self.template).render(
+            return _compile(self.template).render(
                 messages=messages, add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         except AigcError:
@@ -106,7 +127,16 @@ def load_chat_template(folder: str | Path) -> ChatTemplate | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise AigcError(f"{path}: not valid JSON") from None
-    template = raw.get("chat_template") if isinstance(raw, dict) else None
+    return chat_template_from_config(raw if isinstance(raw, dict) else {}, path)
+
+
+def chat_template_from_config(raw: dict, path: str | Path = "tokenizer_config.json") -> ChatTemplate | None:
+    """The chat template held by a ``tokenizer_config.json`` dict (e.g. ``Tokenizer.config``), or None.
+
+    Raises:
+        AigcError: fields of the wrong type, naming ``path``.
+    """
+    template = raw.get("chat_template")
     if template is None:
         return None
     if isinstance(template, list):  # several named templates (transformers' layout): take "default"
@@ -140,3 +170,76 @@ def save_chat_template(folder: str | Path, chat: ChatTemplate) -> None:
         if getattr(chat, key) is not None:
             raw[key] = getattr(chat, key)
     write_json(path, raw)
+
+
+# ---------------------------------------------------------------- chat fine-tuning data
+def read_conversations(text: str, name: str) -> list[tuple[int, list[dict]]]:
+    """The conversations of a chat JSONL text, one ``{"messages": [...]}`` per line.
+
+    Returns ``(line number, messages)`` pairs, the messages as plain ``{"role", "content"}``
+    dicts (``developer`` read as ``system``).
+
+    Raises:
+        AigcError: naming ``name:line``: invalid JSON, no ``messages`` list, an unknown role,
+            content that is not a string, a conversation that opens with or lacks an
+            assistant turn; or a file without conversations.
+    """
+    out = []
+    from aigc.data.sources import json_lines
+
+    for lineno, obj in json_lines(text, name):
+        where = f"{name}:{lineno}"
+        raw = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(raw, list):
+            raise AigcError(f'{where}: no "messages" list (a chat file holds one {{"messages": [{{"role": ..., '
+                            '"content": ...}}, ...]}} per line)')
+        messages = check_messages(raw, f"{where}: messages")
+        for i, m in enumerate(raw):
+            content = m.get("content")
+            if not isinstance(content, str):
+                raise AigcError(f"{where}: messages[{i}].content is {type(content).__name__}, expected a string")
+            try:
+                content.encode("utf-8")
+            except UnicodeEncodeError:
+                raise AigcError(f"{where}: messages[{i}].content holds a lone surrogate escape, not valid text") from None
+        roles = [m["role"] for m in messages]
+        if "assistant" not in roles:
+            raise AigcError(f"{where}: no assistant turn (nothing to learn from this conversation)")
+        if roles[0] == "assistant":
+            raise AigcError(f"{where}: messages[0] is an assistant turn; a conversation opens with a system or "
+                            "user turn")
+        out.append((lineno, messages))
+    if not out:
+        raise AigcError(f"{name}: no conversations (expected one {{\"messages\": [...]}} per line)")
+    return out
+
+
+def render_with_targets(chat: ChatTemplate, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation's text and the character spans ``[start, end)`` of its assistant turns.
+
+    An assistant turn i is what ``render(messages[:i+1])`` adds after
+    ``render(messages[:i], add_generation_prompt=True)``: its content and the end-of-turn
+    token, cut just after the last ``eos_token`` in it (a newline the template writes
+    after the turn is layout, not something the model must say). The first message must
+    not be an assistant turn.
+
+    Raises:
+        AigcError: a template that is not incremental (a longer conversation does not
+            start with the rendering of a shorter one), or one that fails.
+    """
+    full = chat.render(messages, add_generation_prompt=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = chat.render(messages[:i], add_generation_prompt=True)
+        upto = full if i == len(messages) - 1 else chat.render(messages[:i + 1], add_generation_prompt=False)
+        if not (upto.startswith(prefix) and full.startswith(upto)):
+            raise AigcError(f"the chat template is not incremental at messages[{i}] (the conversation up to this "
+                            "turn does not begin with its generation prompt, or the whole does not begin with it), "
+                            "so the assistant's tokens cannot be told apart; use data.chat_template = \"chatml\"")
+        start, end = len(prefix), len(upto)
+        if chat.eos_token and chat.eos_token in full[start:end]:
+            end = full.rindex(chat.eos_token, start, end) + len(chat.eos_token)
+        spans.append((start, end))
+    return full, spans

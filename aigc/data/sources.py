@@ -7,6 +7,9 @@
 - a named dataset (:data:`DATASETS`): shipped with the package, or ``python-stdlib``.
 - code (``data.format = "code"``): source files of one or more directories, whole
   files byte for byte (:mod:`aigc.data.code`).
+- chat (``data.format = "chat"``, or ``auto`` for a ``.jsonl`` whose first line holds a
+  ``"messages"`` list): conversations, read by :func:`read_chat_source` and rendered
+  with a chat template when shards are written (:mod:`aigc.data.chat`).
 
 Input must be UTF-8; invalid bytes, binary files and empty corpora are
 :class:`AigcError` naming the file (and byte offset or line).
@@ -30,6 +33,12 @@ DATASETS = {
         "path": BUILTIN / "tang-poems.jsonl.xz",
         "field": "text",
         "description": "57k Tang poems (chinese-poetry, MIT), simplified characters, title + body per document",
+    },
+    "xin-qiji-ci": {
+        "path": BUILTIN / "xin-qiji-ci.jsonl",
+        "field": "text",
+        "description": "the 629 ci of Xin Qiji (chinese-poetry, MIT), simplified, tune name + body; the style "
+                       "set of `make demo`, left out of tang-base's pretraining",
     },
     "python-stdlib": {
         "path": stdlib_root(),
@@ -81,9 +90,12 @@ def text_documents(text: str, separator: str = "", whole_file: bool = False) -> 
     return [d for d in docs if d.strip()]
 
 
-def jsonl_documents(text: str, field: str, name: str) -> list[str]:
-    """The ``field`` of each JSON line; a bad line or missing field names its line number."""
-    docs = []
+def json_lines(text: str, name: str):
+    """Yield ``(lineno, object)`` for each non-blank line of a JSONL text.
+
+    Raises:
+        AigcError: a line that is not JSON, naming ``name:lineno``.
+    """
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -93,6 +105,13 @@ def jsonl_documents(text: str, field: str, name: str) -> list[str]:
             raise AigcError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
         except RecursionError:
             raise AigcError(f"{name}:{lineno}: JSON nested too deeply") from None
+        yield lineno, obj
+
+
+def jsonl_documents(text: str, field: str, name: str) -> list[str]:
+    """The ``field`` of each JSON line; a bad line or missing field names its line number."""
+    docs = []
+    for lineno, obj in json_lines(text, name):
         if not isinstance(obj, dict) or field not in obj:
             raise AigcError(f"{name}:{lineno}: no field {field!r} (set data.field to the field holding the text)")
         if not isinstance(obj[field], str):
@@ -114,6 +133,43 @@ def file_documents(path: Path, cfg: DataConfig, fmt: str | None = None) -> list[
     if (fmt or ("jsonl" if stem.endswith(".jsonl") else "txt")) == "jsonl":
         return jsonl_documents(text, cfg.field, name)
     return text_documents(text, cfg.separator, cfg.whole_file)
+
+
+def is_chat_source(cfg: DataConfig) -> bool:
+    """True for chat data: ``data.format = "chat"``, or ``auto`` with a ``.jsonl`` (or ``.jsonl.xz``) file
+    whose first non-blank line is an object with a ``"messages"`` list."""
+    if cfg.format == "chat":
+        return True
+    path = Path(cfg.source)
+    if cfg.format != "auto" or cfg.dataset or not path.name.removesuffix(".xz").endswith(".jsonl") \
+            or not path.is_file():
+        return False
+    try:
+        if path.suffix == ".xz":
+            with lzma.open(path, "rt", encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+        else:
+            with open(path, encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+        obj = json.loads(first)
+    except (OSError, lzma.LZMAError, UnicodeDecodeError, ValueError, RecursionError):
+        return False  # the ordinary reader reports what is wrong with the file
+    return isinstance(obj, dict) and isinstance(obj.get("messages"), list)
+
+
+def read_chat_source(cfg: DataConfig) -> list[tuple[int, list[dict]]]:
+    """The conversations of ``data.source`` as ``(line number, messages)`` pairs
+    (see :func:`aigc.data.chat.read_conversations`).
+
+    Raises:
+        AigcError: a missing or unreadable file, or a bad line (named ``file:line``).
+    """
+    from aigc.data.chat import read_conversations
+
+    path = Path(cfg.source)
+    if not path.is_file():
+        raise AigcError(f"{path}: no such file (chat data is one .jsonl file of conversations)")
+    return read_conversations(_decode(read_bytes(path), str(path)), str(path))
 
 
 def source_name(cfg: DataConfig) -> str:

@@ -32,15 +32,25 @@ class Tokenizer:
     ``encode`` returns a list of int ids; ``decode`` drops the boundary token.
     """
 
-    def __init__(self, tk: HFTokenizer):
+    def __init__(self, tk: HFTokenizer, eot_token: str | None = None, config: dict | None = None):
         self.tk = tk
+        self.config = dict(config or {})  # tokenizer_config.json (chat template, eos/bos tokens), kept as read
         model_type = type(tk.model).__name__
         self.kind = "char" if model_type == "WordLevel" else "bpe"
-        eot = tk.token_to_id(DOC_TOKEN)
+        self.eot_token = eot_token or DOC_TOKEN
+        eot = tk.token_to_id(self.eot_token)
         if eot is None:
-            raise AigcError(f"tokenizer has no document-boundary token {DOC_TOKEN!r}")
+            raise AigcError(f"tokenizer has no document-boundary token {self.eot_token!r}")
         self.eot_id: int = eot
         self._vocab = tk.get_vocab() if self.kind == "char" else None
+        # special tokens (<|endoftext|>, ChatML's <|im_start|>, ...) encode whole, whatever their characters
+        self.specials = sorted((t.content for t in tk.get_added_tokens_decoder().values() if t.special),
+                               key=len, reverse=True)
+
+    def _without_specials(self, text: str) -> str:
+        for token in self.specials:
+            text = text.replace(token, "")
+        return text
 
     @property
     def vocab_size(self) -> int:
@@ -50,7 +60,7 @@ class Tokenizer:
         """Raise :class:`AigcError` if ``text`` has a character a char tokenizer cannot encode."""
         if self.kind != "char":
             return
-        for ch in text.replace(DOC_TOKEN, ""):
+        for ch in self._without_specials(text):
             if ch not in self._vocab:
                 raise AigcError(
                     f"{what} character {ch!r} (U+{ord(ch):04X}) is not in the tokenizer's vocabulary "
@@ -74,23 +84,101 @@ class Tokenizer:
         return self.tk.decode(list(ids), skip_special_tokens=True)
 
     def save(self, path: str | Path) -> None:
-        """Write tokenizer.json atomically."""
+        """Write tokenizer.json atomically, and beside it the tokenizer_config.json this tokenizer
+        was loaded with (a base model's chat template and special tokens travel with it)."""
         write_text(path, self.tk.to_str(pretty=True))
+        if self.config:
+            from aigc.atomic import write_json
+
+            write_json(Path(path).parent / "tokenizer_config.json", self.config)
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        """Read a tokenizer.json.
+        """Read a tokenizer.json (or the one of a model folder).
+
+        The document-boundary token is ``<|endoftext|>`` when the vocabulary has it (aigc's
+        own tokenizers, GPT-2, Qwen2), else the ``eos_token`` of a ``tokenizer_config.json``
+        beside the file (Hugging Face folders, e.g. ``</s>`` for Llama).
 
         Raises:
-            AigcError: missing or unreadable file.
+            AigcError: missing or unreadable file, or no boundary token.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise AigcError(f"{path}: tokenizer file not found")
+        path = tokenizer_file(path)
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            tk = HFTokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises plain Exception
             raise AigcError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+        eot, config = None, {}
+        config_path = path.parent / "tokenizer_config.json"
+        if config_path.is_file():
+            import json
+
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise AigcError(f"{config_path}: not valid JSON") from None
+            if not isinstance(config, dict):
+                raise AigcError(f"{config_path}: expected a JSON object")
+        if tk.token_to_id(DOC_TOKEN) is None:
+            eot = special_token(path.parent, "eos_token")
+            if eot is None:
+                raise AigcError(f"{path}: no {DOC_TOKEN!r} token and no eos_token in a tokenizer_config.json "
+                                "beside it; cannot tell where documents end")
+        return cls(tk, eot, config)
+
+    def fingerprint(self) -> str:
+        """A short hash of the tokenizer's serialised form (names prepared folders made with it)."""
+        import hashlib
+
+        return hashlib.sha256(self.tk.to_str().encode("utf-8")).hexdigest()[:10]
+
+    def missing_characters(self, docs: Iterable[str]) -> dict[str, int]:
+        """Characters of ``docs`` a character-level vocabulary lacks, with their counts
+        (most frequent first); always empty for byte-level BPE, which encodes every string."""
+        if self.kind != "char":
+            return {}
+        from collections import Counter
+
+        counts = Counter()
+        for doc in docs:
+            counts.update(ch for ch in self._without_specials(doc) if ch not in self._vocab)
+        return dict(counts.most_common())
+
+
+def tokenizer_file(path: str | Path, what: str = "tokenizer") -> Path:
+    """The tokenizer.json named by ``path``: the file itself, the one inside a model folder, or
+    that of a model shipped with aigc (``tang-base``).
+
+    Raises:
+        AigcError: neither exists.
+    """
+    from aigc.models import BUILTIN_MODELS
+
+    if not Path(path).exists() and str(path) in BUILTIN_MODELS:  # a shipped model's name: its tokenizer
+        path = BUILTIN_MODELS[str(path)]
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise AigcError(f"{what} = {str(path)!r}: tokenizer file not found (expected 'char', 'bpe', "
+                        "a tokenizer.json or a model folder holding one)" if what != "tokenizer"
+                        else f"{path}: tokenizer file not found")
+    return path
+
+
+def special_token(folder: str | Path, name: str) -> str | None:
+    """The ``name`` special token (``eos_token``, ``bos_token``) in ``folder/tokenizer_config.json``,
+    as Hugging Face writes it (a string or ``{"content": ...}``); None when absent."""
+    import json
+
+    path = Path(folder) / "tokenizer_config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
 
 
 def train_char_tokenizer(docs: Iterable[str]) -> Tokenizer:

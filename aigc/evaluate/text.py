@@ -4,6 +4,8 @@
   in consecutive non-overlapping windows of ``block_size`` tokens.
 - Bits per character = mean loss * (val tokens / val characters) / ln 2, so models
   with different tokenizers compare on the same scale (see :mod:`aigc.data.shards`).
+  Chat data is scored on assistant tokens only: loss per assistant token, bits per
+  assistant character.
 - distinct-n (Li et al. 2016): distinct n-grams / all n-grams, pooled over samples;
   n-grams of the model's tokens (characters for a character tokenizer).
 - Repeated 4-gram share: the share of each sample's 4-grams that already occurred
@@ -25,7 +27,8 @@ from aigc.data.shards import TokenData, bits_per_char
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, data: TokenData, split: str = "val", max_tokens: int = 0,
                  progress: bool = True) -> tuple[float, int]:
-    """Mean next-token loss (nats) over ``split`` and the number of tokens scored.
+    """Mean next-token loss (nats) over ``split`` and the number of tokens scored
+    (chat data: the assistant tokens; targets of -100 are not scored).
 
     Windows hold ``block_size`` tokens for a GPT and 1024 for a recurrent model
     (whose state carries across windows).
@@ -42,9 +45,9 @@ def heldout_loss(model: torch.nn.Module, data: TokenData, split: str = "val", ma
         for x, y in data.windows(split, window, max_tokens):
             logits = model(x.to(device), cache=cache) if cache is not None else model(x.to(device))
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.to(device).view(-1),
-                                   reduction="sum")
+                                   ignore_index=-100, reduction="sum")
             total += loss.item()
-            count += y.numel()
+            count += int((y != -100).sum())
             bar.update(y.numel())
     return total / max(count, 1), count
 

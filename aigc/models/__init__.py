@@ -1,7 +1,8 @@
 """Model families and the model-folder format.
 
 A model folder holds everything needed to rebuild and run a model, and nothing
-that needs our code to read::
+that needs our code to read (a Hugging Face GPT-2, Llama or Qwen2 folder is read as a
+``gpt`` model too, see :mod:`aigc.models.hf`)::
 
     model.safetensors         the weights (tied weights stored once)
     config.json               the family's config dataclass plus "family"
@@ -29,6 +30,9 @@ from aigc.models.gan import DCGAN, DCGANConfig
 from aigc.models.lstm import LSTMConfig, LSTMLM
 from aigc.models.transformer import GPT, GPTConfig
 from aigc.models.vae import VAE, VAEConfig
+
+BUILTIN = Path(__file__).parent / "builtin"
+BUILTIN_MODELS = {"tang-base": BUILTIN / "tang-base"}  # shipped model folders, loadable by name
 
 REGISTRY = {
     "gpt": (GPTConfig, GPT),
@@ -71,11 +75,16 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, tokenizer=None
     Each file is written atomically; callers wanting the whole folder atomic write into
     a temporary folder (see :func:`aigc.atomic.atomic_dir`).
     """
+    from aigc.models.lora import lora_modules, save_adapter
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "model.safetensors") as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt", "family": model.family})
-    write_json(folder / "config.json", {"family": model.family, **dataclasses.asdict(model.config)})
+    if lora_modules(model):  # a LoRA run: the adapter alone (PEFT layout), naming its base
+        save_adapter(model, model.lora_config, folder, model.lora_base)
+    else:
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_model(model, str(tmp), metadata={"format": "pt", "family": model.family})
+        write_json(folder / "config.json", {"family": model.family, **dataclasses.asdict(model.config)})
     if tokenizer is not None:
         tokenizer.save(folder / "tokenizer.json")
     if generation_config is not None:
@@ -89,8 +98,18 @@ def read_model_config(folder: str | Path):
         AigcError: missing or malformed config.json, unknown family or keys.
     """
     from aigc.config import build_dataclass
+    from aigc.models.hf import config_from_hf, is_hf_folder
+
+    from aigc.models.lora import adapter_base
 
     path = Path(folder) / "config.json"
+    base = adapter_base(folder) if not path.is_file() else None
+    if base is not None:
+        return read_model_config(resolve_base(base, folder))
+    if is_hf_folder(folder):
+        config = config_from_hf(json.loads(path.read_text(encoding="utf-8")), str(path))
+        config.validate()
+        return config
     if not path.is_file():
         raise AigcError(f"{folder}: not a model folder (no config.json)")
     try:
@@ -116,7 +135,20 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
         AigcError: missing files, a family not in ``families``, truncated/corrupt weights,
             or weights whose names or shapes do not match the config.
     """
+    from aigc.models.hf import is_hf_folder, load_hf_folder
+    from aigc.models.lora import adapter_base, load_adapter, merge_lora
+
     folder = Path(folder)
+    base = adapter_base(folder) if not (folder / "config.json").is_file() else None
+    if base is not None:  # a LoRA adapter: its base with the adapter merged in
+        model = load_model_folder(resolve_base(base, folder), "cpu", families)
+        load_adapter(model, folder)
+        return merge_lora(model).to(device).eval()
+    if is_hf_folder(folder):
+        if families is not None and "gpt" not in families:
+            raise AigcError(f"{folder}: is a transformers model (gpt family); this command needs one of: "
+                            f"{', '.join(families)}")
+        return load_hf_folder(folder).to(device).eval()
     config = read_model_config(folder)
     family = family_of(config)
     if families is not None and family not in families:
@@ -141,6 +173,20 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
                             f"{tuple(expected[k].shape)}")
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
+
+
+def resolve_base(base: str, adapter_folder: str | Path) -> Path:
+    """The model folder an adapter's ``base_model_name_or_path`` names (a shipped name or a path).
+
+    Raises:
+        AigcError: the base is gone, naming the adapter.
+    """
+    from aigc.api import resolve_model_folder
+
+    try:
+        return resolve_model_folder(base)
+    except AigcError as e:
+        raise AigcError(f"{adapter_folder}: the adapter's base model {base!r} cannot be loaded ({e})") from None
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:

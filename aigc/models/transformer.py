@@ -17,7 +17,7 @@ inference engine (:mod:`aigc.generate.engine`) passes a :class:`KVCache` as
 attends over everything cached so far.
 
 Shapes in comments: B batch, T new tokens, S cached + new tokens, C = d_model,
-H = n_head, Hkv = n_kv_head, D = head_dim = C / H, V = vocab_size.
+H = n_head, Hkv = n_kv_head, D = head_dim (C / H unless head_size is set), V = vocab_size.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class GPTConfig:
     d_ff: int = 0  # MLP hidden size; 0 = 4 * d_model (gelu) or 8/3 * d_model rounded up to 64 (swiglu)
     dropout: float = 0.0
     bias: bool = True  # biases in linear layers and norms
+    qkv_bias: bool = False  # biases on the q, k, v projections even when bias = false (Qwen2)
+    head_size: int = 0  # size of one attention head; 0 = d_model / n_head
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     positions: str = "learned"  # learned | rope
@@ -58,7 +60,7 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
 
     @property
     def ff_dim(self) -> int:
@@ -73,7 +75,9 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
             if getattr(self, name) < 1:
                 raise AigcError(f"model.{name} = {getattr(self, name)}: expected a positive integer")
-        if self.d_model % self.n_head:
+        if self.head_size < 0:
+            raise AigcError(f"model.head_size = {self.head_size}: expected 0 (d_model / n_head) or a positive integer")
+        if self.d_model % self.n_head and not self.head_size:
             raise AigcError(f"model.d_model = {self.d_model} is not divisible by model.n_head = {self.n_head}")
         if self.n_kv_head < 0 or self.n_head % self.kv_heads:
             raise AigcError(f"model.n_kv_head = {self.n_kv_head}: must divide model.n_head = {self.n_head}")
@@ -210,9 +214,10 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
-        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.bias)
-        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.bias)
+        qkv_bias = config.bias or config.qkv_bias
+        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.rope = config.positions == "rope"

@@ -35,11 +35,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from aigc.api import pick_device, set_threads
+from aigc.api import pick_device, resolve_model_folder, set_threads
 from aigc.atomic import write_json, write_text
 from aigc.config import RunConfig, config_from_dict, read_toml
 from aigc.errors import AigcError
-from aigc.models import build_model, family_of, load_model_folder, read_model_config
+from aigc.models import BUILTIN_MODELS, build_model, family_of, load_model_folder, read_model_config
+from aigc.models.lora import add_lora, load_adapter
 from aigc.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from aigc.train.tasks import make_task
 from aigc.train.plot import plot_losses
@@ -182,6 +183,21 @@ def resolve_resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfi
     return cfg
 
 
+def use_base_tokenizer(cfg: RunConfig) -> Path | None:
+    """For a fine-tuning config (``train.init_from``): the base model's folder, and a text
+    ``[data]`` that asks for a new tokenizer (char/bpe) switched to the base's own.
+
+    Raises:
+        AigcError: the base cannot be found.
+    """
+    if not cfg.train.init_from:
+        return None
+    base_folder = resolve_model_folder(cfg.train.init_from)
+    if not cfg.is_image and cfg.data.tokenizer in ("char", "bpe"):
+        cfg.data.tokenizer = str(base_folder)  # fine-tuning keeps the base model's tokenizer
+    return base_folder
+
+
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: list[str] | None = None) -> Path:
     """Train ``cfg.model`` on ``cfg.data``; return the run folder.
 
@@ -191,11 +207,15 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     run_dir, ckpt, saved = _open_run(cfg, resume)
     device = pick_device(cfg.train.device)
     _autocast(device, cfg.train.dtype)  # an impossible dtype fails before anything is written
+    base_folder = use_base_tokenizer(cfg)
     task = make_task(cfg, device, progress)
     set_threads(cfg.train.threads, "train.threads")
     if cfg.train.init_from:
-        base = load_model_folder(cfg.train.init_from, families=(family_of(cfg.model),))
+        base = load_model_folder(base_folder, families=(family_of(cfg.model),))
         cfg.model = base.config
+        if task.tokenizer is not None and task.tokenizer.vocab_size > base.config.vocab_size:
+            raise AigcError(f"{cfg.train.init_from}: the tokenizer has {task.tokenizer.vocab_size} tokens, the "
+                            f"base model only {base.config.vocab_size}")
     task.configure_model(cfg.model, from_base=bool(cfg.train.init_from))
     cfg.validate()
     task.check_model(cfg.model)
@@ -206,6 +226,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     model = build_model(cfg.model)
     if cfg.train.init_from:
         model.load_state_dict(base.state_dict())
+    lora = cfg.train.lora()
+    if lora is not None:  # freeze the base, train adapters; checkpoints hold the adapter alone
+        add_lora(model, lora)
+        model.lora_base = (cfg.train.init_from if cfg.train.init_from in BUILTIN_MODELS
+                           else str(Path(base_folder).resolve()))
     model.to(device).train()
     t = cfg.train
     updates = task.updates(model)
@@ -219,8 +244,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     metrics_path = run_dir / "metrics.jsonl"
     state = {"step": 0, task.unit: 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val_loss": None}
     if ckpt is not None:
-        resumed = load_model_folder(ckpt, device)
-        model.load_state_dict(resumed.state_dict())
+        if lora is not None:
+            load_adapter(model, ckpt, wrap=False)
+        else:
+            model.load_state_dict(load_model_folder(ckpt, device).state_dict())
         state.update(load_training_state(ckpt, optimizers))
         _truncate_metrics(metrics_path, state["step"])
         print(f"resuming {run_dir} from {ckpt.name}", file=sys.stderr)
@@ -241,7 +268,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
 
     items_per_step = task.items_per_step()
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters, {task.describe()}, "
+    n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else ""
+    run_info["parameters"], run_info["trainable_parameters"] = n_params, n_train
+    write_json(run_dir / "run.json", run_info)
+    print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "
           f"{items_per_step:,} {task.unit}/step, device {device}", file=sys.stderr)
     title = f"{run_dir.name}: {family_of(cfg.model)}"
 

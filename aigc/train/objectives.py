@@ -9,17 +9,24 @@ import torch
 import torch.nn.functional as F
 
 
+IGNORE_INDEX = -100  # a target that is not trained on (chat data: tokens outside assistant turns)
+
+
 def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    """Next-token cross-entropy at every position, mean over tokens, in nats.
+    """Next-token cross-entropy, mean over the counted targets, in nats.
 
     Args:
-        batch: inputs ``x`` and targets ``y``, each ``(B, T) int64``; ``y[:, t]`` is the token after ``x[:, t]``.
+        batch: inputs ``x`` and targets ``y``, each ``(B, T) int64``; ``y[:, t]`` is the token after
+            ``x[:, t]``, or -100 where it is not trained on (then it counts neither in the sum nor
+            in the mean). A batch with no counted target has loss 0 (and no gradient).
     Returns:
         scalar loss (float32) and logs ``{"loss": float}``.
     """
     x, y = batch
     logits = model(x)  # (B, T, V)
-    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    y = y.reshape(-1)
+    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y, ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = total / (y != IGNORE_INDEX).sum().clamp(min=1)
     return loss, {"loss": loss.item()}
 
 

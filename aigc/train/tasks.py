@@ -129,15 +129,24 @@ class TextTask:
 
         model.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 1)
-        losses = []
+        losses, counts = [], []
         for _ in range(self.cfg.train.eval_batches):
+            batch = self.batch(gen, "val")
             with autocast():
-                loss, _ = objectives.lm_loss(model, self.batch(gen, "val"))
+                loss, _ = objectives.lm_loss(model, batch)
             losses.append(loss.item())
+            counts.append(int((batch[1] != objectives.IGNORE_INDEX).sum()))
         model.train()
-        val = sum(losses) / len(losses)
+        masked = getattr(self.data, "masks", None) is not None  # chat data: assistant tokens only
+        if not masked:
+            val = sum(losses) / len(losses)
+        else:  # chat: batches hold different numbers of assistant tokens; weigh each by its count
+            val = sum(l * n for l, n in zip(losses, counts)) / max(sum(counts), 1)
         row = {"val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpc": bits_per_char(val, self.tpc)}
-        return row, f"val loss {val:.4f}, perplexity {row['val_ppl']:.2f}, bits/char {row['val_bpc']:.4f}"
+        message = f"val loss {val:.4f}, perplexity {row['val_ppl']:.2f}, bits/char {row['val_bpc']:.4f}"
+        if masked:
+            message += " (assistant tokens only)"
+        return row, message
 
     def write_sample(self, model, run_dir: Path, step: int) -> None:
         from aigc.api import TextModel

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Build ``tang-base``, the base model aigc ships, from nothing but the npm registry.
+
+Stages (run all with no argument, or name one):
+
+``corpus``
+    Reads the npm package ``chinese-poetry@2.0.1`` (``npm pack``; or ``--tgz``): the
+    57,607 Tang poems (``quantangshi/poet.tang.*.json``), the 254,248 Song poems
+    (``poet.song.*.json``) and the 21,053 Song ci (``songci/ci.song.*.json``);
+    converts everything to simplified characters with OpenCC ``t2s``; one document
+    per poem, ``title + "\\n" + lines`` (a ci's title is its tune name, 词牌). Empty
+    bodies and exact duplicates are dropped.
+
+    The 629 ci of 辛弃疾 (Xin Qiji) are taken **out** of the pretraining corpus and
+    written to ``aigc/data/builtin/xin-qiji-ci.jsonl`` (the dataset ``xin-qiji-ci``,
+    the style set of ``make demo``), so the base model has never seen the style set
+    and its val loss there is honest.
+
+    The tokenizer: one token per character (aigc's ``char`` tokenizer), the
+    ``VOCAB_CHARS`` most frequent characters of the corpus plus ``<|endoftext|>``,
+    the chat markers ``<|im_start|>`` / ``<|im_end|>`` and the role names'
+    characters. Documents with a character outside that vocabulary are dropped
+    (counted in the report); the style set is checked against it too.
+
+    Writes ``prepared/classical-poetry/{corpus.jsonl, tokenizer.json, report.json}``.
+
+``train``
+    ``aigc train configs/tang-base.toml`` (the recipe; see that file).
+
+``package``
+    Copies the run's final model into ``aigc/models/builtin/tang-base/`` with its
+    weights in float16 (``model.safetensors``), its tokenizer, a ChatML chat
+    template in ``tokenizer_config.json`` and ``metrics.json`` (the recipe's final
+    val loss and where it came from).
+
+Rebuild: ``python scripts/build_tang_base.py`` (about 90 minutes on 2 CPU cores,
+the training being 80 of them). Needs ``npm`` and the ``opencc`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PACKAGE = "chinese-poetry@2.0.1"
+WORK = REPO / "prepared" / "classical-poetry"
+STYLE_OUT = REPO / "aigc" / "data" / "builtin" / "xin-qiji-ci.jsonl"
+STYLE_AUTHOR = "辛弃疾"
+MODEL_OUT = REPO / "aigc" / "models" / "builtin" / "tang-base"
+RUN = REPO / "runs" / "tang-base"
+VOCAB_CHARS = 6000
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+ROLE_TEXT = "system\nuser\nassistant\n"  # the ChatML template writes these between the markers
+TANG = re.compile(r"^package/dist/quantangshi/poet\.(tang|song)\.(\d+)\.json$")
+CI = re.compile(r"^package/dist/songci/ci\.song\.(\d+)\.json$")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def npm_pack(dest: Path) -> Path:
+    proc = subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(dest)],
+                          capture_output=True, text=True, check=False)
+    tgzs = sorted(dest.glob("*.tgz"))
+    if proc.returncode != 0 or len(tgzs) != 1:
+        sys.exit(f"error: `npm pack {PACKAGE}` failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return tgzs[0]
+
+
+def read_poems(tgz: Path):
+    """Yield (kind, order, author, title, lines) for every Tang/Song poem and Song ci, in a fixed order."""
+    members = []
+    with tarfile.open(tgz) as tar:
+        for m in tar.getmembers():
+            if (match := TANG.match(m.name)):
+                members.append(((0 if match[1] == "tang" else 1, int(match[2])), m))
+            elif (match := CI.match(m.name)):
+                members.append(((2, int(match[1])), m))
+        members.sort(key=lambda x: x[0])
+        for (kind, _), m in members:
+            for poem in json.load(tar.extractfile(m)):
+                title = poem.get("rhythmic") if kind == 2 else poem.get("title")
+                yield kind, poem.get("author") or "", title or "", poem.get("paragraphs") or []
+
+
+def build_corpus(tgz: Path) -> None:
+    import opencc
+
+    t2s = opencc.OpenCC("t2s").convert
+    docs, style, seen = [], [], set()
+    counts = collections.Counter()
+    for kind, author, title, lines in read_poems(tgz):
+        lines = [t2s(x.strip()) for x in lines if isinstance(x, str) and x.strip()]
+        if not lines:
+            continue
+        author, title = t2s(author.strip()), t2s(title.strip())
+        text = "\n".join(([title] if title else []) + lines)
+        key = (author, text)
+        if key in seen:
+            continue
+        seen.add(key)
+        if kind == 2 and author == STYLE_AUTHOR:
+            style.append({"author": author, "title": title, "text": text})
+            continue
+        docs.append({"kind": ("tang", "song", "ci")[kind], "text": text})
+        counts.update(text)
+    vocab_chars = [c for c, _ in counts.most_common() if c != "\n"][:VOCAB_CHARS - len(SPECIALS) - 1]
+    vocab_set = set(vocab_chars) | set(ROLE_TEXT) | {"\n"}
+    kept = [d for d in docs if set(d["text"]) <= vocab_set]
+    style_missing = collections.Counter(c for d in style for c in d["text"] if c not in vocab_set)
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from aigc.data.tokenizer import Tokenizer
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in sorted(vocab_set):
+        vocab[ch] = len(vocab)
+    tk = HFTokenizer(models.WordLevel(vocab, unk_token=SPECIALS[0]))
+    tk.pre_tokenizer = pre_tokenizers.FixedLength(length=1)
+    tk.decoder = decoders.Fuse()
+    tk.add_special_tokens(SPECIALS)
+    WORK.mkdir(parents=True, exist_ok=True)
+    Tokenizer(tk).save(WORK / "tokenizer.json")
+    with open(WORK / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for d in kept:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    STYLE_OUT.write_text("".join(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n" for d in style),
+                         encoding="utf-8")
+    total = sum(counts.values())
+    covered = sum(counts[c] for c in vocab_set)
+    report = {
+        "source": PACKAGE, "documents": len(docs), "kept": len(kept),
+        "by_kind": dict(collections.Counter(d["kind"] for d in kept)),
+        "characters": sum(len(d["text"]) for d in kept), "distinct_characters": len(counts),
+        "vocab_size": len(vocab), "occurrences_covered": covered / total,
+        "style_set": {"author": STYLE_AUTHOR, "ci": len(style), "missing_characters": dict(style_missing)},
+    }
+    (WORK / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(json.dumps(report, ensure_ascii=False, indent=2))
+
+
+def train() -> None:
+    cmd = [sys.executable, "-m", "aigc", "train", str(REPO / "configs" / "tang-base.toml")]
+    print(" ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def package() -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from aigc.atomic import atomic_dir, write_json
+    from aigc.models import load_model_folder
+    from aigc.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(RUN)
+    if ckpt is None:
+        sys.exit(f"error: {RUN} has no checkpoint; run the train stage first")
+    model = load_model_folder(ckpt)
+    state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()
+             if k != "lm_head.weight" or not model.config.tie_embeddings}
+    rows = [json.loads(x) for x in (RUN / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    evals = [r for r in rows if "val_loss" in r]
+    run_info = json.loads((RUN / "run.json").read_text(encoding="utf-8"))
+    with atomic_dir(MODEL_OUT) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "family": "gpt"})
+        for name in ("config.json", "tokenizer.json", "generation_config.json"):
+            shutil.copy(ckpt / name, tmp / name)
+        write_json(tmp / "tokenizer_config.json", {
+            "chat_template": CHAT_TEMPLATE, "eos_token": "<|im_end|>", "bos_token": None,
+            "pad_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"})
+        write_json(tmp / "metrics.json", {
+            "run": str(RUN.relative_to(REPO)), "checkpoint": ckpt.name, "final_eval": evals[-1] if evals else None,
+            "git_commit": run_info.get("git_commit"), "recipe": "configs/tang-base.toml",
+            "corpus": json.loads((WORK / "report.json").read_text(encoding="utf-8")),
+        })
+    print(f"wrote {MODEL_OUT} ({(MODEL_OUT / 'model.safetensors').stat().st_size / 1e6:.1f} MB weights)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", nargs="?", choices=["corpus", "train", "package"], help="one stage (default: all)")
+    ap.add_argument("--tgz", type=Path, help="an already downloaded chinese-poetry-2.0.1.tgz")
+    args = ap.parse_args()
+    if args.stage in (None, "corpus"):
+        if args.tgz:
+            build_corpus(args.tgz)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                build_corpus(npm_pack(Path(tmp)))
+    if args.stage in (None, "train"):
+        train()
+    if args.stage in (None, "package"):
+        package()
+
+
+if __name__ == "__main__":
+    main()
