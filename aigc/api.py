@@ -79,6 +79,9 @@ def resolve_model_folder(path: str | Path) -> Path:
     from aigc.train.checkpoint import latest_checkpoint
 
     if not Path(path).exists() and str(path) in BUILTIN_MODELS:
+        if not (BUILTIN_MODELS[str(path)] / "model.safetensors").is_file():
+            raise AigcError(f"{path}: the shipped model is missing from this installation; build it with "
+                            "scripts/build_tang_base.py")
         return BUILTIN_MODELS[str(path)]
     refuse_hub_name(path)
     path = Path(path)
@@ -159,12 +162,13 @@ class TextModel:
         return cfg
 
     def prompt_ids(self, prompt: str, max_new_tokens: int) -> list[int]:
-        """``<eot>`` + the prompt's ids, cropped from the left to fit the context (with a warning).
+        """The document-start token (``<|endoftext|>``, or a Llama vocabulary's ``<s>``) + the prompt's
+        ids, cropped from the left to fit the context (with a warning).
 
         Raises:
             AigcError: a character the tokenizer cannot encode.
         """
-        ids = [self.tokenizer.eot_id] + self.tokenizer.encode(prompt, "prompt")
+        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(prompt, "prompt")
         limit = self.model.context_length
         if limit is not None and len(ids) > limit - 1:
             warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({limit}); "
@@ -311,7 +315,7 @@ class TextModel:
             keep_p = room - keep_s
             warnings.warn(f"prefix + suffix of {len(p) + len(s)} tokens do not fit the context ({limit}); keeping "
                           f"the last {keep_p} tokens of the prefix and the first {keep_s} of the suffix", stacklevel=3)
-            ids = [self.tokenizer.eot_id, pre] + p[len(p) - keep_p:] + [suf] + s[:keep_s] + [mid]
+            ids = [self.tokenizer.bos_id, pre] + p[len(p) - keep_p:] + [suf] + s[:keep_s] + [mid]
         return ids
 
     def stream(self, prompt: str, seed: int | None = None, **settings) -> Iterator[str]:
@@ -503,13 +507,19 @@ def load(path: str | Path, device: str = "auto"):
     model = load_model_folder(folder, pick_device(device))
     if model.family not in TEXT_FAMILIES:
         return ImageModel(model, folder)
-    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    tok_folder = folder
+    if not (folder / "tokenizer.json").is_file() and (folder / "adapter_config.json").is_file():
+        from aigc.models import resolve_base
+        from aigc.models.lora import adapter_base
+
+        tok_folder = resolve_base(adapter_base(folder), folder)  # an adapter without its own tokenizer: the base's
+    tokenizer = Tokenizer.load(tok_folder / "tokenizer.json")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise AigcError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size}")
     defaults = SampleConfig()
-    gen_path = folder / "generation_config.json"
-    if is_hf_folder(folder):  # transformers' generation_config.json: carry over its sampling settings
+    gen_path = tok_folder / "generation_config.json"
+    if is_hf_folder(tok_folder):  # transformers' generation_config.json: carry over its sampling settings
         defaults = hf_sample_defaults(gen_path)
     elif gen_path.is_file():
         try:
@@ -517,4 +527,4 @@ def load(path: str | Path, device: str = "auto"):
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise AigcError(f"{gen_path}: corrupt generation_config.json") from None
         defaults = build_dataclass(SampleConfig, raw, "sample", str(gen_path))
-    return TextModel(model, tokenizer, defaults, folder, load_chat_template(folder))
+    return TextModel(model, tokenizer, defaults, folder, load_chat_template(tok_folder))

@@ -113,7 +113,7 @@ def cmd_export(args, overrides: list[str]) -> int:
         raise AigcError(f"unknown option {overrides[0]}")
     folder = resolve_model_folder(args.model)
     out = Path(args.out)
-    if out.exists() and not (out / "config.json").is_file():
+    if out.exists() and (not is_hf_folder(out) or out.resolve() == folder.resolve()):
         raise AigcError(f"{out}: exists and is not an earlier export; refusing to replace it")
     tokenizer = Tokenizer.load(folder / "tokenizer.json")
     chat = load_chat_template(folder)

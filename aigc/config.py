@@ -170,6 +170,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     time_limit: str = "wall"  # what max_minutes counts: wall (clock) | cpu (this process's CPU time, all threads)
     init_from: str = ""  # a model folder (aigc's, a Hugging Face one, or `tang-base`) to fine-tune instead of random weights
+    seq_len: int = 0  # tokens per training sequence; 0 = model.block_size, at most 2048 (a base's context may be far longer)
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the frozen init_from model (Hu et al. 2021)
     lora_alpha: float = 16.0  # LoRA scale: the update is multiplied by lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
@@ -192,20 +193,14 @@ class TrainConfig:
                             f"{os.cpu_count() or 1} cores")
         if not 0 <= self.min_lr <= self.lr:
             raise AigcError(f"train.min_lr = {self.min_lr}: expected 0 <= min_lr <= lr ({self.lr})")
+        if self.seq_len < 0:
+            raise AigcError(f"train.seq_len = {self.seq_len}: expected 0 (the model's context) or a positive length")
         if self.lora_rank < 0:
             raise AigcError(f"train.lora_rank = {self.lora_rank}: expected 0 (full fine-tuning) or a positive rank")
         if self.lora_rank:
             if not self.init_from:
                 raise AigcError("train.lora_rank > 0 needs train.init_from (LoRA adapts a pretrained model)")
             self.lora().validate()
-
-    def lora(self):
-        """The :class:`aigc.models.lora.LoRAConfig` of the ``lora_*`` keys (None when lora_rank = 0)."""
-        from aigc.models.lora import LoRAConfig
-
-        if not self.lora_rank:
-            return None
-        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, list(self.lora_targets))
         if self.warmup_steps < 0:
             raise AigcError(f"train.warmup_steps = {self.warmup_steps}: expected 0 or more")
         for name in ("weight_decay", "grad_clip", "max_minutes"):
@@ -218,6 +213,14 @@ class TrainConfig:
             raise AigcError(f"train.dtype = {self.dtype!r}: expected float32, bfloat16 or float16")
         if self.time_limit not in ("wall", "cpu"):
             raise AigcError(f"train.time_limit = {self.time_limit!r}: expected 'wall' or 'cpu'")
+
+    def lora(self):
+        """The :class:`aigc.models.lora.LoRAConfig` of the ``lora_*`` keys (None when lora_rank = 0)."""
+        from aigc.models.lora import LoRAConfig
+
+        if not self.lora_rank:
+            return None
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, list(self.lora_targets))
 
 
 @dataclass

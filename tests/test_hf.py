@@ -157,6 +157,23 @@ def test_lora_adapter_loads_in_peft_with_merged_logits(tmp_path):
     assert (a - base_logits).abs().max().item() > 1e-3  # the adapter changed something
     assert (a - b).abs().max().item() < 1e-4
     assert (a - c).abs().max().item() < 1e-4
+    # and the exported adapter (transformers' names, no tokenizer of its own) loads back in aigc
+    with torch.no_grad():
+        d = load(tmp_path / "lora-hf" / "adapter", device="cpu").model(ids)
+    assert (a - d).abs().max().item() < 1e-4
+
+
+def test_train_config_checks_every_key():
+    from aigc.config import TrainConfig
+
+    for key, value in (("dtype", "fp8"), ("beta1", 1.0), ("time_limit", "cpus"), ("lora_rank", -1),
+                       ("seq_len", -5), ("warmup_steps", -1)):
+        with pytest.raises(AigcError, match=f"train.{key}"):
+            TrainConfig(**{key: value}).validate()
+    with pytest.raises(AigcError, match="needs train.init_from"):
+        TrainConfig(lora_rank=4).validate()
+    with pytest.raises(AigcError, match="lora_targets"):
+        TrainConfig(lora_rank=4, init_from="x", lora_targets=["qkv"]).validate()
 
 
 # ---------------------------------------------------------------- bad input
@@ -254,3 +271,36 @@ def test_full_finetune_from_transformers_folder_reports_missing_characters(tmp_p
     assert meta["vocabulary_report"]["missing_characters"] == {"ŋ": 1, "!": 1}
     # the fine-tuned model carries the base's tokenizer
     assert load(tmp_path / "ft", device="cpu").tokenizer.tk.get_vocab() == tok.tk.get_vocab()
+
+
+def test_llama_vocabulary_opens_documents_with_bos(tmp_path):
+    """A Llama-style tokenizer (``<s>``/``</s>``, add_bos_token) starts prompts and training documents
+    with ``<s>`` and ends documents with ``</s>``, as transformers' tokenizer does."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from aigc.config import DataConfig
+    from aigc.data.shards import TokenData, prepare
+    from aigc.data.tokenizer import Tokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate("abcdefgh ")}}
+    tk = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.FixedLength(length=1)
+    tk.decoder = decoders.Fuse()
+    tk.add_special_tokens(["<unk>", "<s>", "</s>"])
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}))
+    tok = Tokenizer.load(folder)
+    assert (tok.bos_id, tok.eot_id) == (1, 2)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc\ndef\nbad\nfeed\n", encoding="utf-8")
+    out = prepare(DataConfig(source=str(corpus), tokenizer=str(folder), val_fraction=0.25), tmp_path / "p",
+                  progress=False)
+    data = TokenData(out)
+    stream = data.splits["train"].tolist() + data.splits["val"].tolist()
+    assert stream.count(1) == 4 and stream.count(2) == 6  # <s> before each document, </s> after (+ each split's lead)
+    train = data.splits["train"].tolist()
+    assert train[0] == 2 and train[1] == 1 and all(train[i + 1] == 1 for i, t in enumerate(train[:-1]) if t == 2 and i)

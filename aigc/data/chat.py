@@ -46,8 +46,12 @@ def _compile(template: str):
     """The Jinja template object of ``template``, compiled once (rendering a dataset calls it often)."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    import datetime
+
+    # as transformers renders templates: loop controls ({% break %}), raise_exception, strftime_now
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     return env.from_string(template)
 
 
@@ -71,7 +75,7 @@ class ChatTemplate:
         messages = check_messages(messages)
         try:
             return _compile(self.template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
+                messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
                 bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         except AigcError:
             raise

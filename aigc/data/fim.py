@@ -50,5 +50,5 @@ def infill_prompt(tokenizer, prefix: str, suffix: str) -> list[int]:
         raise AigcError("this model's tokenizer has no fill-in-the-middle tokens: infilling (--suffix) needs a "
                         "model trained with data.fim_rate > 0")
     pre, mid, suf = ids
-    return [tokenizer.eot_id, pre] + tokenizer.encode(prefix, "prompt") + [suf] + \
+    return [tokenizer.bos_id, pre] + tokenizer.encode(prefix, "prompt") + [suf] + \
         tokenizer.encode(suffix, "suffix") + [mid]

@@ -54,7 +54,7 @@ def default_prepared_dir(cfg: DataConfig) -> Path:
     if cfg.tokenizer in ("char", "bpe"):
         suffix = f"bpe{cfg.vocab_size}" if cfg.tokenizer == "bpe" else "char"
     else:
-        suffix = "tok-" + Tokenizer.load(cfg.tokenizer).fingerprint()
+        suffix = "tok-" + Tokenizer.load(cfg.tokenizer).fingerprint(with_config=True)
     return Path("prepared") / f"{source_name(cfg)}-{suffix}"
 
 
@@ -86,7 +86,8 @@ def _write_stream(path: Path, tokenizer: Tokenizer, docs: list[str], dtype, desc
     uint8 mask (1 = target) is written to ``<split>.mask.bin`` beside ``path``. A token is a
     target when any of its characters (tokenizer offsets) lies in a span.
     """
-    eot = tokenizer.eot_id
+    eot, bos = tokenizer.eot_id, tokenizer.bos_id
+    lead = [bos] if bos != eot else []  # Llama-style vocabularies open each document with <s>
     chunks = [np.array([eot], dtype=dtype)]
     masks = [np.zeros(1, dtype=np.uint8)]
     step = 2048
@@ -99,13 +100,13 @@ def _write_stream(path: Path, tokenizer: Tokenizer, docs: list[str], dtype, desc
                 ids = enc.ids
                 if fim and rng.random() < fim[0]:
                     ids = fim_example(tokenizer, doc, rng, fim[1])
-                chunks.append(np.asarray(ids + [eot], dtype=dtype))
+                chunks.append(np.asarray(lead + ids + [eot], dtype=dtype))
                 if spans is not None:
                     off = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)  # (tokens, 2) character offsets
                     mask = np.zeros(len(ids) + 1, dtype=np.uint8)  # the closing boundary is never a target
                     for s, e in spans[start + j]:
                         mask[:-1] |= (off[:, 0] < e) & (off[:, 1] > s)
-                    masks.append(mask)
+                    masks.append(np.concatenate([np.zeros(len(lead), dtype=np.uint8), mask]))
             bar.update(min(step, len(docs) - start))
     stream = np.concatenate(chunks)
     stream.tofile(path)
@@ -321,7 +322,7 @@ def data_key(cfg: DataConfig) -> dict:
     if not cfg.chat_template:  # unset: folders prepared before the key existed still match
         d.pop("chat_template")
     if cfg.tokenizer not in ("char", "bpe"):
-        d["tokenizer"] = "tok-" + Tokenizer.load(cfg.tokenizer).fingerprint()
+        d["tokenizer"] = "tok-" + Tokenizer.load(cfg.tokenizer).fingerprint(with_config=True)
     return d
 
 

@@ -42,6 +42,12 @@ class Tokenizer:
         if eot is None:
             raise AigcError(f"tokenizer has no document-boundary token {self.eot_token!r}")
         self.eot_id: int = eot
+        # the token a document starts with: <|endoftext|> itself for aigc's, GPT-2's and Qwen2's
+        # vocabularies; a Hugging Face folder's bos_token when its tokenizer adds one (Llama's <s>)
+        bos = self.config.get("bos_token")
+        bos = bos.get("content") if isinstance(bos, dict) else bos
+        bos_id = tk.token_to_id(bos) if isinstance(bos, str) and self.config.get("add_bos_token", True) else None
+        self.bos_id: int = bos_id if bos_id is not None else eot
         self._vocab = tk.get_vocab() if self.kind == "char" else None
         # special tokens (<|endoftext|>, ChatML's <|im_start|>, ...) encode whole, whatever their characters
         self.specials = sorted((t.content for t in tk.get_added_tokens_decoder().values() if t.special),
@@ -126,11 +132,18 @@ class Tokenizer:
                                 "beside it; cannot tell where documents end")
         return cls(tk, eot, config)
 
-    def fingerprint(self) -> str:
-        """A short hash of the tokenizer's serialised form (names prepared folders made with it)."""
+    def fingerprint(self, with_config: bool = False) -> str:
+        """A short hash of the tokenizer's serialised form: equal fingerprints, equal token ids.
+        ``with_config`` also hashes what tokenizer_config.json says about documents and chat
+        (chat template, eos/bos tokens, add_bos_token), which changes how a corpus is encoded."""
         import hashlib
+        import json
 
-        return hashlib.sha256(self.tk.to_str().encode("utf-8")).hexdigest()[:10]
+        text = self.tk.to_str()
+        if with_config:
+            keys = ("chat_template", "eos_token", "bos_token", "add_bos_token")
+            text += json.dumps({k: self.config.get(k) for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
 
     def missing_characters(self, docs: Iterable[str]) -> dict[str, int]:
         """Characters of ``docs`` a character-level vocabulary lacks, with their counts

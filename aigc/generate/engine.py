@@ -43,8 +43,8 @@ class Engine:
         self.model = model
         self.device = next(model.parameters()).device
 
-    def _prefill(self, ids: torch.Tensor):
-        cache = self.model.new_cache(ids.size(0))
+    def _prefill(self, ids: torch.Tensor, max_len: int | None = None):
+        cache = self.model.new_cache(ids.size(0), max_len)  # sized to the request, not the whole context
         logits = self.model(ids, cache=cache)  # (B, T, V)
         return cache, logits[:, -1, :]
 
@@ -70,7 +70,8 @@ class Engine:
         generator.manual_seed(seed if seed is not None else torch.seed())
         ids = torch.tensor([prompt] * num_samples, dtype=torch.long, device=self.device)  # (B, T)
         counts = _counts(ids, self.model_vocab)
-        cache, logits = self._prefill(ids)
+        room = min(limit, len(prompt) + max_new_tokens) if limit is not None else None  # cache positions
+        cache, logits = self._prefill(ids, room)
         if first_allowed is not None:
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
         history = ids
@@ -79,8 +80,9 @@ class Engine:
             yield nxt.cpu()
             counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None]))
             history = torch.cat([history, nxt[:, None]], dim=1)
-            if limit is not None and cache.pos >= limit:  # context full: restart from the recent tokens
-                cache, logits = self._prefill(history[:, -(3 * limit // 4):])
+            if limit is not None and cache.pos >= room:  # context full: restart from the recent tokens
+                room = limit
+                cache, logits = self._prefill(history[:, -(3 * limit // 4):], room)
             else:
                 logits = self.model(nxt[:, None], cache=cache)[:, -1, :]
 

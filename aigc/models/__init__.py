@@ -108,7 +108,10 @@ def read_model_config(folder: str | Path):
         return read_model_config(resolve_base(base, folder))
     if is_hf_folder(folder):
         config = config_from_hf(json.loads(path.read_text(encoding="utf-8")), str(path))
-        config.validate()
+        try:
+            config.validate()
+        except AigcError as e:
+            raise AigcError(f"{path}: {e}") from None
         return config
     if not path.is_file():
         raise AigcError(f"{folder}: not a model folder (no config.json)")

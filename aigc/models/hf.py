@@ -71,11 +71,15 @@ def _rope_theta(hf: dict, where: str) -> float:
     """rope_theta from transformers 5's ``rope_parameters`` or 4's top-level key; only unscaled rotary."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling")
-    rope_type = (params.get("rope_type") or params.get("type") or "default") if isinstance(params, dict) else "?"
+    if not isinstance(params, dict) or not isinstance(scaling, (dict, type(None))):
+        raise AigcError(f"{where}: rope_parameters / rope_scaling must be JSON objects")
+    rope_type = params.get("rope_type") or params.get("type") or "default"
     if scaling not in (None, {}) or rope_type != "default":
         kind = rope_type if rope_type != "default" else (scaling or {}).get("rope_type", scaling)
         raise AigcError(f"{where}: rope scaling {kind!r} is not supported (only plain rotary positions)")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        raise AigcError(f"{where}: rope_theta = {theta!r}: expected a number")
     return float(theta)
 
 
@@ -94,7 +98,16 @@ def config_from_hf(hf: dict, where: str) -> GPTConfig:
     def need(key):
         if key not in hf:
             raise AigcError(f"{where}: no {key!r} in a {model_type} config.json")
+        if not isinstance(hf[key], int) or isinstance(hf[key], bool) or hf[key] < 1:
+            raise AigcError(f"{where}: {key} = {hf[key]!r}: expected a positive integer")
         return hf[key]
+
+    for key in ("layer_norm_epsilon", "rms_norm_eps"):
+        if key in hf and (not isinstance(hf[key], (int, float)) or isinstance(hf[key], bool)):
+            raise AigcError(f"{where}: {key} = {hf[key]!r}: expected a number")
+    for key in ("n_inner", "head_dim", "num_key_value_heads"):
+        if hf.get(key) is not None and (not isinstance(hf[key], int) or isinstance(hf[key], bool) or hf[key] < 1):
+            raise AigcError(f"{where}: {key} = {hf[key]!r}: expected a positive integer or null")
 
     if model_type == "gpt2":
         act = hf.get("activation_function", "gelu_new")
@@ -243,6 +256,8 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
+            if not all(isinstance(f, str) and f and "/" not in f and f != ".." for f in files):
+                raise ValueError("weight_map values must be file names in the folder")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise AigcError(f"{index}: corrupt index (expected {{\"weight_map\": {{name: file}}}})") from None
     elif single.is_file():
@@ -275,8 +290,8 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, layout: 
     """
     if layout == "gpt2" and not any(k.startswith("transformer.") for k in hf_state):
         hf_state = {"transformer." + k if k != "lm_head.weight" else k: v for k, v in hf_state.items()}
-    model = GPT(config)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = GPT(config).state_dict()
     names = hf_names(config, layout)
     c, kv = config.n_head * config.head_dim, config.kv_heads * config.head_dim
     state = {}
@@ -427,7 +442,8 @@ def export_hf(model: GPT, tokenizer, out: str | Path, dtype: str = "float32", ma
     out = Path(out)
     with atomic_dir(out) as tmp:
         write_weights(tmp, state, shard_bytes)
-        write_json(tmp / "config.json", config_to_hf(model.config, layout, eos, None, dtype))
+        bos = tokenizer.bos_id if tokenizer.bos_id != tokenizer.eot_id else None
+        write_json(tmp / "config.json", config_to_hf(model.config, layout, eos, bos, dtype))
         tokenizer.tk.save(str(tmp / "tokenizer.json"))
         tok_config = {**tokenizer.config, "tokenizer_class": "PreTrainedTokenizerFast",
                       "model_max_length": model.config.block_size}
@@ -439,7 +455,7 @@ def export_hf(model: GPT, tokenizer, out: str | Path, dtype: str = "float32", ma
             if chat.eos_token:
                 tok_config["eos_token"] = chat.eos_token
         write_json(tmp / "tokenizer_config.json", tok_config)
-        gen = {"eos_token_id": eos, "bos_token_id": None, "pad_token_id": tokenizer.eot_id}
+        gen = {"eos_token_id": eos, "bos_token_id": bos, "pad_token_id": tokenizer.eot_id}
         if generation:
             sampled = generation.get("temperature", 1.0) > 0
             gen.update(do_sample=sampled, max_new_tokens=generation.get("max_new_tokens"))

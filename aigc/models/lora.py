@@ -153,18 +153,19 @@ def save_adapter(model: nn.Module, cfg: LoRAConfig, folder: str | Path, base: st
         rename: maps our module name to the name in the model ``peft`` will wrap (e.g.
             transformers' ``model.layers.0.self_attn.q_proj``); identity when None.
     """
-    rename = rename or (lambda name: name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, m in lora_modules(model).items():
-        target = rename(name)
+        target = rename(name) if rename is not None else name
         tensors[f"base_model.model.{target}.lora_A.weight"] = m.lora_A.detach().cpu().contiguous()
         tensors[f"base_model.model.{target}.lora_B.weight"] = m.lora_B.detach().cpu().contiguous()
     with atomic_path(folder / ADAPTER_WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_json(folder / ADAPTER_CONFIG, {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base),
+        # CAUSAL_LM only for transformers models: peft's causal-LM wrapper needs their generation API
+        "peft_type": "LORA", "task_type": "CAUSAL_LM" if rename is not None else None,
+        "base_model_name_or_path": str(base),
         "r": cfg.rank, "lora_alpha": int(cfg.alpha) if float(cfg.alpha).is_integer() else cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": sorted(cfg.targets),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
         "inference_mode": True, "modules_to_save": None,
@@ -201,10 +202,20 @@ def read_adapter_config(folder: str | Path) -> LoRAConfig:
         raise AigcError(f"{path}: not a LoRA adapter (peft_type {raw.get('peft_type') if isinstance(raw, dict) else None!r})")
     if raw.get("use_rslora") or raw.get("use_dora") or raw.get("rank_pattern") or raw.get("alpha_pattern"):
         raise AigcError(f"{path}: rsLoRA, DoRA and per-module ranks are not supported")
+    if raw.get("bias", "none") != "none" or raw.get("modules_to_save"):
+        raise AigcError(f"{path}: adapters that also train biases or whole modules (bias = {raw.get('bias')!r}, "
+                        f"modules_to_save = {raw.get('modules_to_save')!r}) are not supported")
     targets = raw.get("target_modules")
-    targets = [targets] if isinstance(targets, str) else targets
+    if isinstance(targets, str):  # peft: "all-linear" or a regular expression over module names
+        if targets == "all-linear":
+            targets = list(LINEAR_MODULES)
+        else:
+            raise AigcError(f"{path}: target_modules {targets!r} is a pattern; aigc reads a list of module names")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise AigcError(f"{path}: target_modules must be a list of module names")
+    targets = [t.rsplit(".", 1)[-1] for t in targets]  # full paths name the same layer kinds
     cfg = LoRAConfig(rank=raw.get("r", 8), alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),
-                     targets=list(targets or []))
+                     targets=list(dict.fromkeys(targets)))
     try:
         cfg.validate()
     except AigcError as e:
@@ -229,6 +240,10 @@ def load_adapter(model: nn.Module, folder: str | Path, rename=None, wrap: bool =
     except (SafetensorError, OSError) as e:
         raise AigcError(f"{path}: missing, truncated or corrupt ({str(e).splitlines()[0]})") from None
     wrapped = add_lora(model, cfg) if wrap else list(lora_modules(model))
+    if rename is None and any(k.startswith("base_model.model.model.layers.") for k in tensors):
+        from aigc.models.hf import hf_names_for_module  # an adapter for a transformers Llama/Qwen2 model
+
+        rename = hf_names_for_module
     rename = rename or (lambda name: name)
     used = set()
     for name in wrapped:

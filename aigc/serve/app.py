@@ -330,7 +330,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         name = next(n for n, m in models.items() if m is tm)
         if len(text) > limit * longest_token[name]:  # more tokens than the limit, whatever the text
             raise too_long
-        ids = [tm.tokenizer.eot_id] + await run_in_threadpool(tm.tokenizer.encode, text, param)
+        ids = [tm.tokenizer.bos_id] + await run_in_threadpool(tm.tokenizer.encode, text, param)
         if len(ids) > limit:
             raise APIError(400, f"{param} has {len(ids)} tokens: this server accepts at most {limit} tokens for this "
                            "model (start-of-document token included)", param=param, code="context_length_exceeded")
@@ -643,7 +643,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
             raise APIError(413, "prompt too long", code="body_too_large")
         ids = await run_in_threadpool(tm.tokenizer.encode, text, "prompt")
         if req.add_special_tokens:
-            ids = [tm.tokenizer.eot_id] + ids
+            ids = [tm.tokenizer.bos_id] + ids
         return {"tokens": ids, "count": len(ids), "max_model_len": tm.model.context_length}
 
     @app.post("/detokenize", dependencies=keyed)

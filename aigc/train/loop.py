@@ -40,7 +40,7 @@ from aigc.atomic import write_json, write_text
 from aigc.config import RunConfig, config_from_dict, read_toml
 from aigc.errors import AigcError
 from aigc.models import BUILTIN_MODELS, build_model, family_of, load_model_folder, read_model_config
-from aigc.models.lora import add_lora, load_adapter
+from aigc.models.lora import add_lora, load_adapter, read_adapter_config
 from aigc.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from aigc.train.tasks import make_task
 from aigc.train.plot import plot_losses
@@ -193,8 +193,10 @@ def use_base_tokenizer(cfg: RunConfig) -> Path | None:
     if not cfg.train.init_from:
         return None
     base_folder = resolve_model_folder(cfg.train.init_from)
+    if cfg.train.init_from not in BUILTIN_MODELS:  # pinned: a run's checkpoint, not whatever is latest later
+        cfg.train.init_from = str(base_folder.resolve())
     if not cfg.is_image and cfg.data.tokenizer in ("char", "bpe"):
-        cfg.data.tokenizer = str(base_folder)  # fine-tuning keeps the base model's tokenizer
+        cfg.data.tokenizer = cfg.train.init_from  # fine-tuning keeps the base model's tokenizer
     return base_folder
 
 
@@ -213,9 +215,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     if cfg.train.init_from:
         base = load_model_folder(base_folder, families=(family_of(cfg.model),))
         cfg.model = base.config
-        if task.tokenizer is not None and task.tokenizer.vocab_size > base.config.vocab_size:
-            raise AigcError(f"{cfg.train.init_from}: the tokenizer has {task.tokenizer.vocab_size} tokens, the "
-                            f"base model only {base.config.vocab_size}")
+        if task.tokenizer is not None:
+            from aigc.data.tokenizer import Tokenizer
+
+            if task.tokenizer.fingerprint() != Tokenizer.load(base_folder).fingerprint():
+                raise AigcError(f"data.tokenizer = {cfg.data.tokenizer!r} is not the tokenizer of the base model "
+                                f"{cfg.train.init_from}; its token ids would not match the base's embeddings "
+                                "(leave data.tokenizer unset to use the base's)")
     task.configure_model(cfg.model, from_base=bool(cfg.train.init_from))
     cfg.validate()
     task.check_model(cfg.model)
@@ -223,14 +229,18 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         raise AigcError(f"{run_dir}: {task.mismatch_message(saved)}")
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
-    if cfg.train.init_from:
-        model.load_state_dict(base.state_dict())
+    model = base if cfg.train.init_from else build_model(cfg.model)
     lora = cfg.train.lora()
     if lora is not None:  # freeze the base, train adapters; checkpoints hold the adapter alone
+        if ckpt is not None:
+            saved_lora = read_adapter_config(ckpt)
+            for key in ("rank", "alpha", "dropout", "targets"):
+                ours, theirs = getattr(lora, key), getattr(saved_lora, key)
+                if (sorted(ours) if key == "targets" else ours) != (sorted(theirs) if key == "targets" else theirs):
+                    raise AigcError(f"{run_dir}: the run's adapters have lora_{key} = {theirs}, the config asks "
+                                    f"for {ours}; resume with the run's own LoRA settings")
         add_lora(model, lora)
-        model.lora_base = (cfg.train.init_from if cfg.train.init_from in BUILTIN_MODELS
-                           else str(Path(base_folder).resolve()))
+        model.lora_base = cfg.train.init_from
     model.to(device).train()
     t = cfg.train
     updates = task.updates(model)

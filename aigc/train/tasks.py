@@ -100,15 +100,23 @@ class TextTask:
             model_cfg.vocab_size = self.tokenizer.vocab_size
 
     def check_model(self, model_cfg) -> None:
-        self.data.check_block_size(model_cfg.block_size)
+        if self.cfg.train.seq_len > model_cfg.block_size:
+            raise AigcError(f"train.seq_len = {self.cfg.train.seq_len} is longer than the model's context "
+                            f"({model_cfg.block_size} tokens)")
+        self.data.check_block_size(self.seq_len)
 
     def mismatch_message(self, saved) -> str:
         return (f"the checkpoint's vocabulary ({saved.vocab_size}) differs from the tokenizer of the data "
                 f"({self.tokenizer.vocab_size}); resume with the run's own data")
 
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training sequence: train.seq_len, else the model's context up to 2048."""
+        return self.cfg.train.seq_len or min(self.cfg.model.block_size, 2048)
+
     def items_per_step(self) -> int:
         t = self.cfg.train
-        return t.batch_size * t.grad_accum * self.cfg.model.block_size
+        return t.batch_size * t.grad_accum * self.seq_len
 
     def describe(self) -> str:
         return f"{self.data.meta['splits']['train']['tokens']:,} train tokens"
@@ -117,7 +125,7 @@ class TextTask:
         return [Update("model", model, lambda m, b, g: objectives.lm_loss(m, b))]
 
     def batch(self, gen: torch.Generator, split: str = "train"):
-        x, y = self.data.batch(split, self.cfg.train.batch_size, self.cfg.model.block_size, gen)
+        x, y = self.data.batch(split, self.cfg.train.batch_size, self.seq_len, gen)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def after_step(self, model) -> None:
