@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(shell date +%Y%m%d-%H%M%S)
 RUN    := runs/demo-$(STAMP)
 IMGRUN := runs/demo-fashion-$(STAMP)
-PROMPTS := 秋天的落叶 明月 春风
+PROMPTS := 西江月 破阵子 临江仙
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: install fashion-mnist chromium demo test bench clean
@@ -44,13 +44,16 @@ chromium:
 		else echo "warning: no apt-get; the browser test needs chromium on PATH and will be skipped"; fi; \
 	fi
 
-# Train a GPT on the embedded Tang poems for about five minutes, then write four poems per prompt;
-# then a class-conditional DCGAN on Fashion-MNIST for two minutes, and a grid of its images.
+# Fine-tune tang-base (the shipped base model) on the ci of Xin Qiji for about two minutes, then print
+# for the same prompts and seeds the ci of the base model and of the fine-tuned one; then a
+# class-conditional DCGAN on Fashion-MNIST for two minutes, and a grid of its images.
 demo: install fashion-mnist
-	$(BIN)/aigc train configs/tang-poems-gpt.toml --train.out_dir=$(RUN)
+	$(BIN)/aigc train configs/xin-qiji-finetune.toml --train.out_dir=$(RUN)
 	@seed=0; for p in $(PROMPTS); do \
-		echo; echo "=== $$p"; \
-		$(BIN)/aigc sample $(RUN) --prompt $$p --n 4 --seed $$seed || exit 1; \
+		echo; echo "=== $$p -- tang-base (before)"; \
+		$(BIN)/aigc sample tang-base --prompt $$p --n 2 --seed $$seed --max-new-tokens 100 || exit 1; \
+		echo; echo "=== $$p -- fine-tuned on Xin Qiji (after)"; \
+		$(BIN)/aigc sample $(RUN) --prompt $$p --n 2 --seed $$seed --max-new-tokens 100 || exit 1; \
 		seed=$$((seed + 100)); \
 	done
 	@echo; echo "run folder: $(RUN) (loss curves in $(RUN)/loss.png)"

@@ -39,10 +39,11 @@ def test_exports_as_llama_with_the_same_logits(tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llama"
     ours = aigc.load("tang-base", device="cpu")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    ids = torch.tensor([ours.tokenizer.encode("明月几时有\n把酒问青天")])
+    ids = torch.tensor([[ours.tokenizer.bos_id] + ours.tokenizer.encode("明月几时有\n把酒问青天")])
     with torch.no_grad():
         assert (ours.model(ids) - theirs(ids).logits).abs().max().item() < 1e-4
-    greedy = theirs.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    greedy = theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                             eos_token_id=None)
     assert ours.generate("明月几时有\n把酒问青天", temperature=0.0, max_new_tokens=20, stop_at_document_end=False,
                          include_prompt=False)[0] == ours.tokenizer.decode(greedy[0, ids.size(1):].tolist())
 

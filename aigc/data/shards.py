@@ -232,7 +232,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool =
     if cfg.tokenizer not in ("char", "bpe"):  # a base model's tokenizer: check the corpus against its vocabulary
         tokenizer = Tokenizer.load(cfg.tokenizer)
         kept, vocab_report = check_vocabulary(tokenizer, docs, str(cfg.tokenizer))
-        if progress and vocab_report["skipped_documents"]:
+        if vocab_report["skipped_documents"]:  # a warning, shown even with --quiet
             print(vocab_report["message"], file=sys.stderr)
         if spans is not None and len(kept) < len(docs):
             missing = vocab_report["missing_characters"]

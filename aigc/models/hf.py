@@ -455,7 +455,9 @@ def export_hf(model: GPT, tokenizer, out: str | Path, dtype: str = "float32", ma
             if chat.eos_token:
                 tok_config["eos_token"] = chat.eos_token
         write_json(tmp / "tokenizer_config.json", tok_config)
-        gen = {"eos_token_id": eos, "bos_token_id": bos, "pad_token_id": tokenizer.eot_id}
+        # no pad_token_id: our prompts start with <|endoftext|>, and transformers would mask a prompt's
+        # pad tokens out of attention when it infers the mask
+        gen = {"eos_token_id": eos, "bos_token_id": bos}
         if generation:
             sampled = generation.get("temperature", 1.0) > 0
             gen.update(do_sample=sampled, max_new_tokens=generation.get("max_new_tokens"))
