@@ -38,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # writers that replace the file (safetensors) create it 0600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -68,6 +69,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        for f in tmp.rglob("*"):  # files some writers create 0600 (safetensors) get the usual permissions
+            if f.is_file():
+                os.chmod(f, 0o666 & ~_UMASK)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -100,25 +100,40 @@ def cmd_train(args, overrides: list[str]) -> int:
 
 # ---------------------------------------------------------------- export
 def cmd_export(args, overrides: list[str]) -> int:
+    from aigc.api import resolve_model_folder
+    from aigc.models.hf import is_hf_folder
+
+    if overrides:
+        raise AigcError(f"unknown option {overrides[0]}")
+    folder = resolve_model_folder(args.model)
+    out = Path(args.out)
+    if out.exists() and out.resolve() == folder.resolve():
+        raise AigcError(f"{out}: is the model being exported; write the export to another folder")
+    if out.exists() and not is_hf_folder(out):
+        raise AigcError(f"{out}: exists and is not an earlier export; refusing to replace it")
+    try:
+        return _export(args, folder, out)
+    except OSError as e:  # the output cannot be written: name it, not a temporary file
+        raise AigcError(f"{out}: cannot write the export ({e.strerror or e})") from None
+
+
+def _export(args, folder: Path, out: Path) -> int:
+    import dataclasses as _dc
     import json as _json
 
-    from aigc.api import resolve_model_folder
+    from aigc.api import hf_sample_defaults
     from aigc.data.chat import load_chat_template
     from aigc.data.tokenizer import Tokenizer
     from aigc.models import load_model_folder, resolve_base
     from aigc.models.hf import export_hf, hf_names_for_module, is_hf_folder, layout_of
     from aigc.models.lora import adapter_base, load_adapter, save_adapter
 
-    if overrides:
-        raise AigcError(f"unknown option {overrides[0]}")
-    folder = resolve_model_folder(args.model)
-    out = Path(args.out)
-    if out.exists() and (not is_hf_folder(out) or out.resolve() == folder.resolve()):
-        raise AigcError(f"{out}: exists and is not an earlier export; refusing to replace it")
     tokenizer = Tokenizer.load(folder / "tokenizer.json")
     chat = load_chat_template(folder)
-    generation = None  # our sampling defaults; a transformers folder's generation_config.json is another format
-    if not is_hf_folder(folder) and (folder / "generation_config.json").is_file():
+    generation = None  # our sampling defaults; a transformers folder's generation_config.json is read as such
+    if is_hf_folder(folder):
+        generation = _dc.asdict(hf_sample_defaults(folder / "generation_config.json"))
+    elif (folder / "generation_config.json").is_file():
         try:
             generation = _json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):

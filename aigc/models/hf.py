@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, processors
 
 from aigc.atomic import atomic_dir, write_json
 from aigc.errors import AigcError
@@ -442,12 +443,20 @@ def export_hf(model: GPT, tokenizer, out: str | Path, dtype: str = "float32", ma
     out = Path(out)
     with atomic_dir(out) as tmp:
         write_weights(tmp, state, shard_bytes)
-        bos = tokenizer.bos_id if tokenizer.bos_id != tokenizer.eot_id else None
+        # every aigc prompt and document starts with the tokenizer's bos (<|endoftext|> for our
+        # vocabularies): declare it, and have transformers' tokenizer add it as ours does
+        bos = tokenizer.bos_id
+        bos_token = tokenizer.tk.id_to_token(bos)
         write_json(tmp / "config.json", config_to_hf(model.config, layout, eos, bos, dtype))
-        tokenizer.tk.save(str(tmp / "tokenizer.json"))
+        tk = Tokenizer.from_str(tokenizer.tk.to_str())
+        if tk.post_processor is None:
+            tk.post_processor = processors.TemplateProcessing(
+                single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, bos)])
+        tk.save(str(tmp / "tokenizer.json"))
         tok_config = {**tokenizer.config, "tokenizer_class": "PreTrainedTokenizerFast",
                       "model_max_length": model.config.block_size}
         tok_config.setdefault("eos_token", tokenizer.eot_token)
+        tok_config.setdefault("bos_token", bos_token)
         if tokenizer.tk.token_to_id("<|endoftext|>") is not None:
             tok_config.setdefault("pad_token", "<|endoftext|>")
         if chat is not None:

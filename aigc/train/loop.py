@@ -177,7 +177,11 @@ def resolve_resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfi
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise AigcError(f"{run_dir}: not a run folder (no config.toml)")
+    saved = config_from_dict(read_toml(path), str(path), [])
     cfg = config_from_dict(read_toml(path), str(path), overrides)
+    if cfg.train.init_from != saved.train.init_from:
+        raise AigcError(f"{run_dir}: train.init_from cannot change when a run resumes (it fine-tunes "
+                        f"{saved.train.init_from or 'no base model'!r}); start a new run instead")
     if Path(cfg.train.out_dir).resolve() != Path(run_dir).resolve():
         cfg.train.out_dir = str(run_dir)
     return cfg
@@ -231,6 +235,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     torch.manual_seed(cfg.train.seed)
     model = base if cfg.train.init_from else build_model(cfg.model)
     lora = cfg.train.lora()
+    if ckpt is not None and (lora is None) != (not (ckpt / "adapter_config.json").is_file()):
+        raise AigcError(f"{run_dir}: the run {'trains LoRA adapters' if lora is None else 'fine-tunes every weight'}"
+                        f"; resume it with its own train.lora_rank")
     if lora is not None:  # freeze the base, train adapters; checkpoints hold the adapter alone
         if ckpt is not None:
             saved_lora = read_adapter_config(ckpt)
