@@ -114,23 +114,6 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     return wrapped
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of the base model with every adapter merged in (the model is not changed)."""
-    state = {}
-    mods = lora_modules(model)
-    for key, value in model.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        if owner in mods and leaf in ("lora_A", "lora_B"):
-            continue
-        if owner.endswith(".base") and owner[:-5] in mods:
-            name = owner[:-5]
-            key = f"{name}.{leaf}"
-            if leaf == "weight":
-                value = value + mods[name].delta().detach().to(value.dtype)
-        state[key] = value
-    return state
-
-
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every :class:`LoRALinear` of ``model`` by its base layer with the update merged in (in place)."""
     for name, m in lora_modules(model).items():
