@@ -2,11 +2,13 @@
 
 The Python API starts with :func:`load`: ``aigc.load(path).generate(prompt)`` for a
 text model, ``aigc.load(path).generate(n=64, label="Sneaker", seed=0)`` for an image model.
+The package's top: it re-exports the API and imports nothing that imports it back.
 """
 
-__version__ = "0.1.0"
-
-from aigc.api import ImageModel, TextModel, load  # noqa: E402
-from aigc.errors import AigcError  # noqa: E402
+from aigc.api import load
+from aigc.errors import AigcError
+from aigc.generate.images import ImageModel
+from aigc.generate.text import TextModel
+from aigc.version import __version__
 
 __all__ = ["load", "TextModel", "ImageModel", "AigcError", "__version__"]

@@ -1,4 +1,6 @@
-"""Atomic file and folder writes: write to a temporary sibling, then rename.
+"""Atomic file and folder writes (temporary sibling, then rename), and the one JSON reader.
+
+Base layer: knows files and JSON, nothing of models, configs or runs.
 
 A crash (or SIGKILL) at any moment leaves either the old file or the complete
 new one, never a half-written file. Used for every output aigc writes.
@@ -13,6 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from aigc.errors import AigcError
 
 
 def _umask() -> int:
@@ -83,3 +87,32 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | os.PathLike, expect: type | None = None):
+    """The JSON value in ``path`` (UTF-8).
+
+    Args:
+        expect: when given (``dict`` or ``list``), the type the top-level value must have.
+
+    Raises:
+        AigcError: naming ``path``: missing or unreadable, not UTF-8, not valid JSON (with the
+            line and column), or not of type ``expect``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise AigcError(f"{path}: missing") from None
+    except UnicodeDecodeError as e:
+        raise AigcError(f"{path}: not valid JSON (not UTF-8 text at byte offset {e.start})") from None
+    except OSError as e:
+        raise AigcError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AigcError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if expect is not None and not isinstance(value, expect):
+        kind = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
+        raise AigcError(f"{path}: expected {kind}, got {type(value).__name__}")
+    return value

@@ -1,5 +1,8 @@
 """Run configuration: small dataclasses, read from TOML, overridden from the command line.
 
+Config layer: knows the registry of model families (to build ``[model]``) and the base
+layer; knows nothing of data files, tokenizers, folders' contents or training.
+
 A run config has four sections, each a dataclass below (``[model]`` is the config
 class of the chosen family, see :mod:`aigc.models`)::
 
@@ -38,6 +41,9 @@ else:  # pragma: no cover
 import tomli_w
 
 from aigc.errors import AigcError
+from aigc.folders import tokenizer_file
+from aigc.models import IMAGE_FAMILIES, config_class, family_of
+from aigc.models.lora import LoRAConfig
 
 
 @dataclass
@@ -90,8 +96,6 @@ class DataConfig:
             raise AigcError("data.fim_rate > 0 needs data.tokenizer = \"bpe\" (the fill-in-the-middle markers "
                             "are special tokens of the BPE vocabulary)")
         if self.tokenizer not in ("char", "bpe"):
-            from aigc.data.tokenizer import tokenizer_file
-
             tokenizer_file(self.tokenizer, "data.tokenizer")  # raises unless it names a tokenizer.json
             if self.fim_rate > 0:
                 raise AigcError("data.fim_rate > 0 needs data.tokenizer = \"bpe\" (a reused tokenizer has no "
@@ -214,10 +218,8 @@ class TrainConfig:
         if self.time_limit not in ("wall", "cpu"):
             raise AigcError(f"train.time_limit = {self.time_limit!r}: expected 'wall' or 'cpu'")
 
-    def lora(self):
+    def lora(self) -> LoRAConfig | None:
         """The :class:`aigc.models.lora.LoRAConfig` of the ``lora_*`` keys (None when lora_rank = 0)."""
-        from aigc.models.lora import LoRAConfig
-
         if not self.lora_rank:
             return None
         return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, list(self.lora_targets))
@@ -225,14 +227,23 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """Default generation parameters (saved as generation_config.json in a model folder)."""
+    """How text is generated: the one settings object from the CLI, the server or the API to the sampler.
+
+    A model folder's ``generation_config.json`` holds its defaults (the ``[sample]`` section
+    of the run that made it); a request's settings are those defaults with what it sets
+    replaced (:meth:`aigc.generate.text.TextModel.settings`). The sampler applies the
+    penalties, temperature, top-k and top-p in the order :mod:`aigc.generate.sampling` gives.
+    """
 
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0 = greedy
     top_k: int = 0  # keep the k most likely tokens (0 = off)
     top_p: float = 0.95  # nucleus sampling: smallest set with this probability mass (1 = off)
     repetition_penalty: float = 1.0  # CTRL-style penalty on tokens already present (1 = off)
+    presence_penalty: float = 0.0  # OpenAI's: logit -= this for every token already present
+    frequency_penalty: float = 0.0  # OpenAI's: logit -= this times the token's count so far
     stop: list[str] = field(default_factory=list)  # stop strings, not included in the output
+    stop_token_ids: list[int] = field(default_factory=list)  # tokens that end a sample (e.g. a chat turn's end)
     stop_at_document_end: bool = True  # stop when the model emits the document-boundary token
     code_stops: bool = False  # code: stop where a line starts at column 0 (a new def, class, if __name__, ...)
     token_healing: bool = True  # BPE: a prompt's trailing whitespace is regenerated as part of the first token
@@ -249,8 +260,13 @@ class SampleConfig:
             raise AigcError(f"top_p = {self.top_p}: expected a number in (0, 1]")
         if not 1e-2 <= self.repetition_penalty <= 100:
             raise AigcError(f"repetition_penalty = {self.repetition_penalty}: expected a number in [0.01, 100] (1 = off)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:  # also rejects NaN
+                raise AigcError(f"{name} = {getattr(self, name)}: expected -2 to 2")
         if any(not s for s in self.stop):
             raise AigcError("stop: an empty stop string would stop before the first token")
+        if any(not 0 <= t < 2**31 for t in self.stop_token_ids):
+            raise AigcError(f"stop_token_ids = {self.stop_token_ids}: expected token ids (0 or more)")
 
 
 @dataclass
@@ -281,8 +297,6 @@ class RunConfig:
         return isinstance(self.data, ImageDataConfig)
 
     def to_dict(self) -> dict:
-        from aigc.models import family_of
-
         model = {"family": family_of(self.model), **dataclasses.asdict(self.model)}
         return {"data": dataclasses.asdict(self.data), "model": model,
                 "train": dataclasses.asdict(self.train), "sample": dataclasses.asdict(self.sample)}
@@ -309,6 +323,8 @@ def _type_ok(value, annotation) -> bool:
         return isinstance(value, str)
     if isinstance(annotation, str) and annotation.startswith("list[str]"):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if isinstance(annotation, str) and annotation.startswith("list[int]"):
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     return True
 
 
@@ -369,8 +385,6 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
         AigcError: unknown section or key, wrong type, missing ``model.family``,
             or a value out of range.
     """
-    from aigc.models import config_class
-
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     parsed = [(text, *parse_override(text)) for text in overrides]
     for text, section, key, value in parsed:
@@ -392,8 +406,6 @@ def config_from_dict(raw: dict, source: str = "config", overrides: list[str] = (
         raise AigcError(f"{source}: missing config key 'model.family' (e.g. family = \"gpt\" or \"lstm\")")
     family = model.pop("family")
     cls = config_class(family)
-    from aigc.models import IMAGE_FAMILIES
-
     image = family in IMAGE_FAMILIES
     classes = {"data": ImageDataConfig if image else DataConfig, "model": cls, "train": TrainConfig,
                "sample": ImageSampleConfig if image else SampleConfig}

@@ -16,7 +16,6 @@ import torch
 
 import aigc
 from aigc.generate.engine import BatchEngine
-from aigc.generate.sampling import SamplingParams
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tm = aigc.load(args.model, device="cpu")
     d = tm.defaults
-    params = SamplingParams(d.temperature, d.top_k, d.top_p, d.repetition_penalty)
+    params = d  # the model's own sampling settings (its generation_config.json)
     print(f"{tm.folder}: temperature {d.temperature}, top-k {d.top_k}, top-p {d.top_p}; {args.tokens} tokens each")
     for b in args.batches:
         speeds = []

@@ -15,9 +15,9 @@ $A train configs/python-code.toml --train.out_dir=runs/bench-code-30cpumin --tra
     --train.time_limit=cpu --train.threads=1 --quiet > runs/bench-code-30cpumin.log 2>&1 &
 wait
 for run in runs/bench-code-30cpumin runs/bench-code-120cpumin; do
-    $A eval "$run" --max-tokens 0 --samples 20 --quiet
+    $A eval "$run" --max-tokens 0 --samples 20 --max-new-tokens 128 --quiet
     for task in functions humaneval; do
-        $A eval "$run" --task "$task" --n 10 --k 1 10 --max-new-tokens 128 --quiet
+        $A eval "$run" --task "$task" --n 10 --k 1 10 --max-new-tokens 128 --temperature 0.6 --top-p 0.95 --quiet
     done
 done
 .venv/bin/python bench/code_tokenizer.py > bench/results/code_tokenizer.json

@@ -16,7 +16,7 @@ import torch
 
 import aigc
 from aigc.generate.engine import naive_generate
-from aigc.generate.sampling import SamplingParams
+from aigc.config import SampleConfig
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     tm = aigc.load(args.model, device="cpu")
     n = args.tokens or ((tm.model.context_length or 128) - 1)
     prompt = [tm.tokenizer.eot_id]
-    greedy = SamplingParams(temperature=0.0)
+    greedy = SampleConfig(temperature=0.0, max_new_tokens=n)
     results = {}
     cached_ids = naive_ids = None
     for name in ("kv_cache", "no_cache"):
@@ -38,9 +38,9 @@ def main() -> None:
         for _ in range(args.repeats):
             start = time.perf_counter()
             if name == "kv_cache":
-                cached_ids = [int(t) for t in tm.engine.generate(prompt, 1, n, greedy, seed=0)]
+                cached_ids = [int(t) for t in tm.engine.generate(prompt, 1, greedy, seed=0)]
             else:
-                naive_ids = naive_generate(tm.model, prompt, n, greedy, seed=0)
+                naive_ids = naive_generate(tm.model, prompt, greedy, seed=0)
             times.append(time.perf_counter() - start)
         results[f"{name}_tokens_per_s"] = n / statistics.median(times)
     results.update({"model": str(tm.folder), "family": tm.family, "new_tokens": n, "threads": args.threads,

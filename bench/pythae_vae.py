@@ -49,7 +49,7 @@ def main() -> None:
     from aigc.config import load_config
     from aigc.evaluate.images import evaluate_image_model
     from aigc.generate.images import save_grid
-    from aigc.train.tasks import ensure_prepared
+    from aigc.data.prepared import ensure_prepared
 
     class Encoder(BaseEncoder):  # the layers of aigc.models.vae.VAE at width 32, z_dim 32
         def __init__(self):

@@ -17,6 +17,6 @@ for fam in gpt lstm; do
 done
 wait
 for fam in gpt lstm; do
-  $AIGC eval "runs/bench-$fam-${M}min" --threads 2 --quiet
+  $AIGC eval "runs/bench-$fam-${M}min" --threads 2 --max-new-tokens 128 --quiet
   cat "runs/bench-$fam-${M}min/eval.json"
 done

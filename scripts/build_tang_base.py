@@ -166,8 +166,8 @@ def package() -> None:
     from safetensors.torch import save_file
 
     from aigc.atomic import atomic_dir, write_json
-    from aigc.models import load_model_folder
-    from aigc.train.checkpoint import latest_checkpoint
+    from aigc.formats.model_folder import load_model_folder
+    from aigc.folders import latest_checkpoint
 
     ckpt = latest_checkpoint(RUN)
     if ckpt is None:

@@ -72,7 +72,7 @@ def served_model_folders(tmp_path_factory) -> dict[str, Path]:
     (a chat template in tokenizer_config.json, turns ended by a newline), and a conditional DCGAN."""
     from aigc.data.chat import ChatTemplate, save_chat_template
     from aigc.data.tokenizer import train_bpe_tokenizer
-    from aigc.models import save_model_folder
+    from aigc.formats.model_folder import save_model_folder
     from aigc.models.gan import DCGAN, DCGANConfig
     from aigc.models.transformer import GPT, GPTConfig
 

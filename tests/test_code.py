@@ -107,7 +107,7 @@ def test_fim_examples_put_the_middle_last_in_both_orders():
 def fim_model(tmp_path_factory) -> Path:
     """A tiny random GPT with a FIM tokenizer, as a model folder."""
     from aigc.data.code import read_python_stdlib
-    from aigc.models import save_model_folder
+    from aigc.formats.model_folder import save_model_folder
     from aigc.models.transformer import GPT, GPTConfig
 
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def fim_model(tmp_path_factory) -> Path:
 
 def test_code_stops_end_a_completion_at_a_new_top_level_line(fim_model):
     import aigc
-    from aigc.api import code_end
+    from aigc.generate.text import code_end
 
     assert code_end("    return x\n\ndef g():\n", line_start=True) == 13
     assert code_end("class A:", line_start=True) == 0 and code_end("    x = 1\n    y = 2", True) == -1
@@ -143,7 +143,7 @@ def test_sample_with_a_suffix_infills_and_a_model_without_fim_refuses(fim_model,
     for bad, needle in ((f"{src}:99", "LINE must be 1 to 6"), (str(tmp_path / "nope.py"), "no such file")):
         r = run_cli("complete", str(fim_model), bad)
         assert r.returncode == 2 and needle in r.stderr
-    from aigc.models import load_model_folder, save_model_folder
+    from aigc.formats.model_folder import load_model_folder, save_model_folder
 
     plain = tmp_path / "plain"
     tok = train_bpe_tokenizer(["def f(): pass\n"] * 3, 300, show_progress=False)

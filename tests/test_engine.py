@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from aigc.config import SampleConfig
 from aigc.generate.engine import Engine, naive_generate
-from aigc.generate.sampling import SamplingParams, filter_logits, sample_next
+from aigc.generate.sampling import filter_logits, sample_next
 from aigc.models.lstm import LSTMConfig, LSTMLM
 from aigc.models.transformer import GPT, GPTConfig
+
+def sp(max_new_tokens: int = 100, **kw) -> SampleConfig:
+    """Sampling settings for these tests: temperature 1 and no top-p unless ``kw`` says otherwise."""
+    return SampleConfig(**{"temperature": 1.0, "top_p": 1.0, "max_new_tokens": max_new_tokens, **kw})
+
 
 GPT_VARIANTS = {
     "gpt2-style": dict(norm="layernorm", positions="learned", mlp="gelu", bias=True),
@@ -31,9 +39,10 @@ def tiny_gpt(**kw) -> GPT:
 def test_greedy_kv_cache_equals_naive(variant):
     model = tiny_gpt(**GPT_VARIANTS[variant])
     prompt = [3, 14, 15, 9, 2, 6]
-    for greedy in (SamplingParams(temperature=0.0), SamplingParams(temperature=0.0, frequency_penalty=1.0)):
-        cached = [int(t) for t in Engine(model).generate(prompt, 1, 40, greedy, seed=0)]
-        assert cached == naive_generate(model, prompt, 40, greedy)
+    for greedy in (sp(temperature=0.0), sp(temperature=0.0, frequency_penalty=1.0)):
+        greedy = dataclasses.replace(greedy, max_new_tokens=40)
+        cached = [int(t) for t in Engine(model).generate(prompt, 1, greedy, seed=0)]
+        assert cached == naive_generate(model, prompt, greedy)
     assert len(set(cached)) > 10  # with the penalty the sequence is not one token repeated
 
 
@@ -41,9 +50,9 @@ def test_greedy_lstm_state_equals_naive():
     torch.manual_seed(0)
     model = LSTMLM(LSTMConfig(vocab_size=50, n_layer=2, d_embed=16, d_hidden=32)).eval()
     prompt = [1, 2, 3, 4]
-    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.5)
-    cached = [int(t) for t in Engine(model).generate(prompt, 1, 30, greedy, seed=0)]
-    assert cached == naive_generate(model, prompt, 30, greedy)
+    greedy = sp(30, temperature=0.0, repetition_penalty=1.5)
+    cached = [int(t) for t in Engine(model).generate(prompt, 1, greedy, seed=0)]
+    assert cached == naive_generate(model, prompt, greedy)
     assert len(set(cached)) > 5
 
 
@@ -60,8 +69,8 @@ def test_chunked_prefill_matches_full_forward():
 
 def test_sampling_with_seed_is_reproducible_and_batched_rows_differ():
     model = tiny_gpt()
-    params = SamplingParams(temperature=1.0, top_p=0.95)
-    run = lambda: torch.stack(list(Engine(model).generate([1, 2], 3, 20, params, seed=7)), dim=1)
+    params = sp(20, temperature=1.0, top_p=0.95)
+    run = lambda: torch.stack(list(Engine(model).generate([1, 2], 3, params, seed=7)), dim=1)
     a, b = run(), run()
     assert torch.equal(a, b)
     assert not torch.equal(a[0], a[1])  # three samples, not one repeated
@@ -69,7 +78,7 @@ def test_sampling_with_seed_is_reproducible_and_batched_rows_differ():
 
 def test_engine_continues_past_the_context():
     model = tiny_gpt()
-    out = list(Engine(model).generate([1] * 60, 1, 30, SamplingParams(temperature=0.0), seed=0))
+    out = list(Engine(model).generate([1] * 60, 1, sp(30, temperature=0.0), seed=0))
     assert len(out) == 30
 
 
@@ -85,14 +94,15 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 def test_repetition_penalty_discourages_seen_tokens():
     logits = torch.tensor([[2.0, 1.9, -1.0]])
     counts = torch.tensor([[1, 0, 0]])
-    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.5)
+    greedy = sp(temperature=0.0, repetition_penalty=1.5)
     assert int(sample_next(logits, counts, greedy, None)) == 1
-    assert int(sample_next(logits, counts, SamplingParams(temperature=0.0), None)) == 0
+    assert int(sample_next(logits, counts, sp(temperature=0.0), None)) == 0
 
 
 def _run_alone(model, requests):
     """Each request (prompt, n, params, seed, steps) generated alone by Engine: a list of (steps, n) tensors."""
-    return [torch.stack(list(Engine(model).generate(p, n, k, params, seed)), dim=1) for p, n, params, seed, k in requests]
+    return [torch.stack(list(Engine(model).generate(p, n, dataclasses.replace(params, max_new_tokens=k), seed)), dim=1)
+            for p, n, params, seed, k in requests]
 
 
 def _run_batched(model, requests, joins):
@@ -127,10 +137,10 @@ def test_continuous_batching_gives_each_request_its_solo_tokens(variant):
     else:
         model = tiny_gpt(**GPT_VARIANTS[variant])
     requests = [
-        ([3, 14, 15], 1, SamplingParams(temperature=0.0), 0, 30),
-        ([1] * 50, 2, SamplingParams(temperature=1.0, top_p=0.9), 5, 40),  # past the context of 64
-        ([7, 7, 2, 9, 4, 4, 1], 3, SamplingParams(temperature=0.8, top_k=10, frequency_penalty=0.5), 11, 12),
-        ([2], 1, SamplingParams(temperature=1.2, repetition_penalty=1.3), 3, 25),
+        ([3, 14, 15], 1, sp(temperature=0.0), 0, 30),
+        ([1] * 50, 2, sp(temperature=1.0, top_p=0.9), 5, 40),  # past the context of 64
+        ([7, 7, 2, 9, 4, 4, 1], 3, sp(temperature=0.8, top_k=10, frequency_penalty=0.5), 11, 12),
+        ([2], 1, sp(temperature=1.2, repetition_penalty=1.3), 3, 25),
     ]
     alone = _run_alone(model, requests)
     batched = _run_batched(model, requests, joins=[0, 0, 4, 9])
@@ -158,8 +168,8 @@ def test_first_token_constraint_of_token_healing_holds_alone_and_batched():
     model = tiny_gpt()
     allowed = torch.zeros(50, dtype=torch.bool)
     allowed[[7, 11]] = True
-    params = SamplingParams(temperature=1.5)
-    alone = torch.stack(list(Engine(model).generate([1, 2, 3], 6, 5, params, seed=3, first_allowed=allowed)), dim=1)
+    params = sp(5, temperature=1.5)
+    alone = torch.stack(list(Engine(model).generate([1, 2, 3], 6, params, seed=3, first_allowed=allowed)), dim=1)
     assert set(alone[:, 0].tolist()) <= {7, 11} and len(set(alone[:, 1:].flatten().tolist())) > 2
     seq = BatchEngine(model).add([1, 2, 3], 6, params, seed=3, first_allowed=allowed)
     assert torch.equal(next(seq), alone[:, 0])

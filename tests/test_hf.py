@@ -22,9 +22,9 @@ from aigc.api import load  # noqa: E402
 from aigc.data.tokenizer import train_bpe_tokenizer  # noqa: E402
 from aigc.errors import AigcError  # noqa: E402
 from aigc.generate.engine import Engine  # noqa: E402
-from aigc.generate.sampling import SamplingParams  # noqa: E402
-from aigc.models import load_model_folder  # noqa: E402
-from aigc.models.hf import export_hf  # noqa: E402
+from aigc.config import SampleConfig  # noqa: E402
+from aigc.formats.model_folder import load_model_folder  # noqa: E402
+from aigc.formats.hf import export_hf  # noqa: E402
 from aigc.models.transformer import GPT, GPTConfig  # noqa: E402
 from conftest import CORES, run_cli  # noqa: E402
 
@@ -65,7 +65,7 @@ def make_hf_folder(kind: str, folder, tokenizer, shard: str | None = None):
 
 
 def greedy_ours(model, prompt: list[int], n: int) -> list[int]:
-    steps = Engine(model).generate(prompt, 1, n, SamplingParams(temperature=0.0), seed=0)
+    steps = Engine(model).generate(prompt, 1, SampleConfig(temperature=0.0, max_new_tokens=n), seed=0)
     return [int(next(steps)[0]) for _ in range(n)]
 
 

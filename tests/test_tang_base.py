@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 import aigc
-from aigc.models import BUILTIN_MODELS
+from aigc.folders import BUILTIN_MODELS
 from conftest import CORES, run_cli
 
 FOLDER = BUILTIN_MODELS["tang-base"]

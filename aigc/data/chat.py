@@ -19,12 +19,17 @@ prompt is what the model learns to write; everything else is context.
 
 from __future__ import annotations
 
+import datetime
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigc.atomic import write_json
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from aigc.atomic import read_json, write_json
+from aigc.config import DataConfig
+from aigc.data.sources import decode_text, json_lines, read_bytes
 from aigc.errors import AigcError
 
 ROLES = ("system", "user", "assistant")
@@ -44,10 +49,6 @@ def _raise_exception(message):
 @functools.lru_cache(maxsize=16)
 def _compile(template: str):
     """The Jinja template object of ``template``, compiled once (rendering a dataset calls it often)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    import datetime
-
     # as transformers renders templates: loop controls ({% break %}), raise_exception, strftime_now
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
@@ -70,8 +71,6 @@ class ChatTemplate:
             AigcError: a malformed message, or a template that fails (its own
                 ``raise_exception`` message or Jinja's error, in one line).
         """
-        import jinja2
-
         messages = check_messages(messages)
         try:
             return _compile(self.template).render(
@@ -127,10 +126,7 @@ def load_chat_template(folder: str | Path) -> ChatTemplate | None:
     path = Path(folder) / "tokenizer_config.json"
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise AigcError(f"{path}: not valid JSON") from None
+    raw = read_json(path)
     return chat_template_from_config(raw if isinstance(raw, dict) else {}, path)
 
 
@@ -165,10 +161,7 @@ def save_chat_template(folder: str | Path, chat: ChatTemplate) -> None:
     path = Path(folder) / "tokenizer_config.json"
     raw = {}
     if path.is_file():
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise AigcError(f"{path}: not valid JSON") from None
+        raw = read_json(path, dict)
     raw["chat_template"] = chat.template
     for key in ("eos_token", "bos_token"):
         if getattr(chat, key) is not None:
@@ -189,8 +182,6 @@ def read_conversations(text: str, name: str) -> list[tuple[int, list[dict]]]:
             assistant turn; or a file without conversations.
     """
     out = []
-    from aigc.data.sources import json_lines
-
     for lineno, obj in json_lines(text, name):
         where = f"{name}:{lineno}"
         raw = obj.get("messages") if isinstance(obj, dict) else None
@@ -247,3 +238,16 @@ def render_with_targets(chat: ChatTemplate, messages: list[dict]) -> tuple[str, 
             end = full.rindex(chat.eos_token, start, end) + len(chat.eos_token)
         spans.append((start, end))
     return full, spans
+
+
+def read_chat_source(cfg: DataConfig) -> list[tuple[int, list[dict]]]:
+    """The conversations of ``data.source`` as ``(line number, messages)`` pairs
+    (see :func:`aigc.data.chat.read_conversations`).
+
+    Raises:
+        AigcError: a missing or unreadable file, or a bad line (named ``file:line``).
+    """
+    path = Path(cfg.source)
+    if not path.is_file():
+        raise AigcError(f"{path}: no such file (chat data is one .jsonl file of conversations)")
+    return read_conversations(decode_text(read_bytes(path), str(path)), str(path))

@@ -21,15 +21,17 @@ and scales pixels to [-1, 1]. Where a source has no held-out split, a seeded
 from __future__ import annotations
 
 import gzip
-import json
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from aigc.atomic import atomic_dir, write_json
+from aigc.atomic import atomic_dir, read_json, write_json
 from aigc.errors import AigcError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -119,8 +121,6 @@ def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarr
     Raises:
         AigcError: a size other than ``size`` when ``resize`` is False.
     """
-    from PIL import Image
-
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or 0 <= a.min() and a.max() <= 65535 else float(a.max())
@@ -146,8 +146,6 @@ def read_image_file(path: Path, channels: int, size: int, resize: bool) -> np.nd
         AigcError: the file cannot be decoded as an image (named), or has another size and
             ``resize`` is False.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             img.load()
@@ -163,8 +161,6 @@ def read_image_folder(folder: Path, channels: int, size: int, resize: bool, prog
     Raises:
         AigcError: no images, or an image that cannot be decoded (named).
     """
-    from tqdm import tqdm
-
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise AigcError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -179,8 +175,6 @@ def read_image_folder(folder: Path, channels: int, size: int, resize: bool, prog
 
 def _normalise_array(x: np.ndarray, channels: int, size: int, resize: bool, name: str) -> np.ndarray:
     """An array of images in a common layout -> uint8 (N, channels, size, size)."""
-    from PIL import Image
-
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
@@ -208,8 +202,6 @@ def _normalise_array(x: np.ndarray, channels: int, size: int, resize: bool, name
 
 def read_array_file(path: Path, channels: int, size: int, resize: bool):
     """A .npy or .npz file -> (uint8 (N, C, H, W), labels or None). Never unpickles."""
-    import zipfile
-
     labels = None
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -360,11 +352,11 @@ class ImageData:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         try:
-            self.meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+            self.meta = read_json(self.folder / "meta.json", dict)
             self.images = {s: np.load(self.folder / f"{s}-images.npy", allow_pickle=False) for s in ("train", "val")}
             self.labels = {s: (np.load(self.folder / f"{s}-labels.npy", allow_pickle=False)
                                if self.meta["splits"][s]["labelled"] else None) for s in ("train", "val")}
-        except (OSError, ValueError, KeyError) as e:
+        except (AigcError, OSError, ValueError, KeyError) as e:
             raise AigcError(f"{self.folder}: not a complete prepared image dataset ({e}); delete it and "
                             "prepare again") from None
         self.classes = list(self.meta.get("classes") or [])

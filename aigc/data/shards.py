@@ -27,7 +27,6 @@ assistant token and per assistant character (the end-of-turn token counted as on
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -36,10 +35,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aigc.atomic import atomic_dir, write_json
+from aigc.atomic import atomic_dir, read_json, write_json
 from aigc.config import DataConfig
 from aigc.data.fim import FIM_TOKENS, fim_example
-from aigc.data.sources import is_chat_source, read_chat_source, read_corpus, source_name
+from aigc.data.chat import (BUILTIN_TEMPLATES, CHATML, CHATML_END, CHATML_START, ChatTemplate,
+                            chat_template_from_config, read_chat_source, render_with_targets)
+from aigc.data.sources import is_chat_source, read_corpus, source_name
 from aigc.data.tokenizer import DOC_TOKEN, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
 from aigc.errors import AigcError
 
@@ -124,8 +125,6 @@ def chat_template_for(cfg: DataConfig, base: Tokenizer | None):
     Raises:
         AigcError: neither exists (saying how to get one).
     """
-    from aigc.data.chat import BUILTIN_TEMPLATES, ChatTemplate, chat_template_from_config
-
     if cfg.chat_template:
         template, eos = BUILTIN_TEMPLATES[cfg.chat_template]
         return ChatTemplate(template, eos)
@@ -150,8 +149,6 @@ def add_chatml(tokenizer: Tokenizer, reused: bool) -> Tokenizer:
         AigcError: a reused vocabulary without them as single tokens, or whose document
             boundary is its eos token (ChatML's eos would replace it).
     """
-    from aigc.data.chat import CHATML, CHATML_END, CHATML_START
-
     tk = tokenizer.tk
     if not reused:
         tk.add_special_tokens([CHATML_START, CHATML_END])
@@ -187,8 +184,6 @@ def render_conversations(chat, conversations: list[tuple[int, list[dict]]], name
     Raises:
         AigcError: a conversation the template refuses or cannot split into turns, named ``name:line``.
     """
-    from aigc.data.chat import render_with_targets
-
     docs, spans = [], []
     for lineno, messages in conversations:
         try:
@@ -198,6 +193,60 @@ def render_conversations(chat, conversations: list[tuple[int, list[dict]]], name
         docs.append(text)
         spans.append(turns)
     return docs, spans
+
+
+def _documents(cfg: DataConfig, progress: bool):
+    """Step 1 of :func:`prepare`: the documents, and for chat data the character spans of the
+    assistant turns and the template; the corpus and vocabulary reports.
+
+    Returns ``(docs, spans or None, chat template or None, corpus report, vocabulary report)``.
+    """
+    spans = chat = None  # chat data: per document, the character spans of assistant turns
+    if is_chat_source(cfg):
+        base = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer not in ("char", "bpe") else None
+        chat = chat_template_for(cfg, base)
+        docs, spans = render_conversations(chat, read_chat_source(cfg), cfg.source)
+        report = None
+    else:
+        docs, report = read_corpus(cfg, progress=progress)
+    if report and progress:
+        print(f"{cfg.dataset or cfg.source}: {report}", file=sys.stderr)
+    vocab_report = None
+    if cfg.tokenizer not in ("char", "bpe"):  # a base model's tokenizer: check the corpus against its vocabulary
+        kept, vocab_report = check_vocabulary(Tokenizer.load(cfg.tokenizer), docs, str(cfg.tokenizer))
+        if vocab_report["skipped_documents"]:  # a warning, shown even with --quiet
+            print(vocab_report["message"], file=sys.stderr)
+        if spans is not None and len(kept) < len(docs):
+            missing = vocab_report["missing_characters"]
+            spans = [sp for d, sp in zip(docs, spans) if not any(ch in missing for ch in d)]
+        docs = kept
+    return docs, spans, chat, report, vocab_report
+
+
+def _tokenizer_for(cfg: DataConfig, docs: list[str], train_docs: list[str], chatml: bool, exact: bool,
+                   progress: bool) -> Tokenizer:
+    """Step 2 of :func:`prepare`: the tokenizer (a new char or BPE one, or the reused base's), with
+    ChatML's markers as special tokens for chat data in ChatML (never characters or merges).
+
+    Raises:
+        AigcError: ``exact`` (code) and a BPE tokenizer that does not give a file back byte for byte.
+    """
+    markers = (CHATML_START, CHATML_END) if chatml else ()
+    if cfg.tokenizer == "char":
+        tokenizer = train_char_tokenizer(_without(docs, markers))
+    elif cfg.tokenizer == "bpe":
+        tokenizer = train_bpe_tokenizer(_without(train_docs, markers), cfg.vocab_size, show_progress=progress,
+                                        extra_special=FIM_TOKENS if cfg.fim_rate > 0 else [])
+        if exact:  # code: every file must come back exactly
+            for doc, ids in zip(docs, tokenizer.encode_batch(docs)):
+                if tokenizer.decode(ids) != doc:
+                    raise AigcError("the BPE tokenizer does not reproduce a source file exactly (does it contain "
+                                    f"a special token such as {DOC_TOKEN!r}?): {doc[:60]!r}...")
+    else:
+        tokenizer = Tokenizer.load(cfg.tokenizer)
+    if markers:
+        tokenizer = add_chatml(tokenizer, reused=cfg.tokenizer not in ("char", "bpe"))
+    return tokenizer
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -217,47 +266,12 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool =
     if not replaceable:  # only an earlier prepared dataset (or an empty folder) may be replaced
         raise AigcError(f"{out}: is not a prepared dataset; refusing to replace it "
                         "(choose another --out / data.prepared_dir)")
-    spans = chat = None  # chat data: per document, the character spans of assistant turns
-    if is_chat_source(cfg):
-        base = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer not in ("char", "bpe") else None
-        chat = chat_template_for(cfg, base)
-        conversations = read_chat_source(cfg)
-        docs, spans = render_conversations(chat, conversations, cfg.source)
-        report = None
-    else:
-        docs, report = read_corpus(cfg, progress=progress)
-    if report and progress:
-        print(f"{cfg.dataset or cfg.source}: {report}", file=sys.stderr)
-    vocab_report = None
-    if cfg.tokenizer not in ("char", "bpe"):  # a base model's tokenizer: check the corpus against its vocabulary
-        tokenizer = Tokenizer.load(cfg.tokenizer)
-        kept, vocab_report = check_vocabulary(tokenizer, docs, str(cfg.tokenizer))
-        if vocab_report["skipped_documents"]:  # a warning, shown even with --quiet
-            print(vocab_report["message"], file=sys.stderr)
-        if spans is not None and len(kept) < len(docs):
-            missing = vocab_report["missing_characters"]
-            spans = [sp for d, sp in zip(docs, spans) if not any(ch in missing for ch in d)]
-        docs = kept
+    docs, spans, chat, report, vocab_report = _documents(cfg, progress)
     is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
     train_docs = [d for d, v in zip(docs, is_val) if not v]
     val_docs = [d for d, v in zip(docs, is_val) if v]
-    markers = ()  # ChatML's markers become special tokens of a new tokenizer (add_chatml), not characters or merges
-    if cfg.chat_template == "chatml" and spans is not None:
-        from aigc.data.chat import CHATML_END, CHATML_START
-
-        markers = (CHATML_START, CHATML_END)
-    if cfg.tokenizer == "char":
-        tokenizer = train_char_tokenizer(_without(docs, markers))
-    elif cfg.tokenizer == "bpe":
-        tokenizer = train_bpe_tokenizer(_without(train_docs, markers), cfg.vocab_size, show_progress=progress,
-                                        extra_special=FIM_TOKENS if cfg.fim_rate > 0 else [])
-        if report is not None:  # code: every file must come back exactly
-            for doc, ids in zip(docs, tokenizer.encode_batch(docs)):
-                if tokenizer.decode(ids) != doc:
-                    raise AigcError("the BPE tokenizer does not reproduce a source file exactly (does it contain "
-                                    f"a special token such as {DOC_TOKEN!r}?): {doc[:60]!r}...")
-    if markers:
-        tokenizer = add_chatml(tokenizer, reused=cfg.tokenizer not in ("char", "bpe"))
+    tokenizer = _tokenizer_for(cfg, docs, train_docs, chatml=spans is not None and cfg.chat_template == "chatml",
+                               exact=report is not None, progress=progress)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     with atomic_dir(out) as tmp:
         tokenizer.save(tmp / "tokenizer.json")
@@ -339,9 +353,9 @@ class TokenData:
         if not meta_path.is_file():
             raise AigcError(f"{self.folder}: not a prepared dataset (no meta.json); run `aigc prepare` first")
         try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise AigcError(f"{meta_path}: corrupt meta.json; delete the folder and prepare again") from None
+            self.meta = read_json(meta_path, dict)
+        except AigcError as e:
+            raise AigcError(f"{e}; delete the folder and prepare again") from None
         self.tokenizer = Tokenizer.load(self.folder / "tokenizer.json")
         self.splits = {}
         for name in ("train", "val"):

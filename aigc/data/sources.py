@@ -22,6 +22,8 @@ import lzma
 import os
 from pathlib import Path
 
+from tqdm import tqdm
+
 from aigc.config import DataConfig
 from aigc.data.code import read_code, read_python_stdlib, stdlib_root
 from aigc.errors import AigcError
@@ -48,7 +50,12 @@ DATASETS = {
 }
 
 
-def _decode(data: bytes, name: str) -> str:
+def decode_text(data: bytes, name: str) -> str:
+    """UTF-8 text of a file's bytes (a leading BOM dropped).
+
+    Raises:
+        AigcError: naming ``name``: a NUL byte in the first 64 KiB (a binary file) or invalid UTF-8.
+    """
     nul = data.find(b"\x00", 0, 1 << 16)
     if nul >= 0:
         raise AigcError(f"{name}: looks like a binary file (NUL byte at offset {nul}); expected UTF-8 text")
@@ -128,7 +135,7 @@ def jsonl_documents(text: str, field: str, name: str) -> list[str]:
 def file_documents(path: Path, cfg: DataConfig, fmt: str | None = None) -> list[str]:
     """Documents of one file, by ``fmt`` or by its extension (.jsonl -> jsonl, else txt)."""
     name = str(path)
-    text = _decode(read_bytes(path), name)
+    text = decode_text(read_bytes(path), name)
     stem = path.name.removesuffix(".xz")
     if (fmt or ("jsonl" if stem.endswith(".jsonl") else "txt")) == "jsonl":
         return jsonl_documents(text, cfg.field, name)
@@ -155,21 +162,6 @@ def is_chat_source(cfg: DataConfig) -> bool:
     except (OSError, lzma.LZMAError, UnicodeDecodeError, ValueError, RecursionError):
         return False  # the ordinary reader reports what is wrong with the file
     return isinstance(obj, dict) and isinstance(obj.get("messages"), list)
-
-
-def read_chat_source(cfg: DataConfig) -> list[tuple[int, list[dict]]]:
-    """The conversations of ``data.source`` as ``(line number, messages)`` pairs
-    (see :func:`aigc.data.chat.read_conversations`).
-
-    Raises:
-        AigcError: a missing or unreadable file, or a bad line (named ``file:line``).
-    """
-    from aigc.data.chat import read_conversations
-
-    path = Path(cfg.source)
-    if not path.is_file():
-        raise AigcError(f"{path}: no such file (chat data is one .jsonl file of conversations)")
-    return read_conversations(_decode(read_bytes(path), str(path)), str(path))
 
 
 def source_name(cfg: DataConfig) -> str:
@@ -209,7 +201,7 @@ def read_corpus(cfg: DataConfig, progress: bool = True) -> tuple[list[str], str 
         if not spec["path"].is_file():
             raise AigcError(f"{spec['path']}: the {cfg.dataset} data file is missing from the package; "
                             "rebuild it with scripts/build_tang_poems.py")
-        docs = jsonl_documents(_decode(read_bytes(spec["path"]), str(spec["path"])), spec["field"],
+        docs = jsonl_documents(decode_text(read_bytes(spec["path"]), str(spec["path"])), spec["field"],
                                str(spec["path"]))
         where = cfg.dataset
     else:
@@ -226,8 +218,6 @@ def read_corpus(cfg: DataConfig, progress: bool = True) -> tuple[list[str], str 
                 raise AigcError(f"data.glob = {cfg.glob!r}: not a usable pattern ({e})") from None
             if not files:
                 raise AigcError(f"{path}: no files match data.glob = {cfg.glob!r}")
-            from tqdm import tqdm
-
             docs = []
             for f in tqdm(files, desc="reading", unit="file", disable=not progress or len(files) < 50):
                 docs.extend(file_documents(f, cfg))

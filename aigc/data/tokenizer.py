@@ -14,14 +14,18 @@ read the saved tokenizer.json directly.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from aigc.atomic import write_text
+from aigc.atomic import read_json, write_json, write_text
 from aigc.errors import AigcError
+from aigc.folders import tokenizer_file
 
 DOC_TOKEN = "<|endoftext|>"
 
@@ -94,8 +98,6 @@ class Tokenizer:
         was loaded with (a base model's chat template and special tokens travel with it)."""
         write_text(path, self.tk.to_str(pretty=True))
         if self.config:
-            from aigc.atomic import write_json
-
             write_json(Path(path).parent / "tokenizer_config.json", self.config)
 
     @classmethod
@@ -117,14 +119,7 @@ class Tokenizer:
         eot, config = None, {}
         config_path = path.parent / "tokenizer_config.json"
         if config_path.is_file():
-            import json
-
-            try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise AigcError(f"{config_path}: not valid JSON") from None
-            if not isinstance(config, dict):
-                raise AigcError(f"{config_path}: expected a JSON object")
+            config = read_json(config_path, dict)
         if tk.token_to_id(DOC_TOKEN) is None:
             eot = special_token(path.parent, "eos_token")
             if eot is None:
@@ -136,9 +131,6 @@ class Tokenizer:
         """A short hash of the tokenizer's serialised form: equal fingerprints, equal token ids.
         ``with_config`` also hashes what tokenizer_config.json says about documents and chat
         (chat template, eos/bos tokens, add_bos_token), which changes how a corpus is encoded."""
-        import hashlib
-        import json
-
         text = self.tk.to_str()
         if with_config:
             keys = ("chat_template", "eos_token", "bos_token", "add_bos_token")
@@ -150,44 +142,19 @@ class Tokenizer:
         (most frequent first); always empty for byte-level BPE, which encodes every string."""
         if self.kind != "char":
             return {}
-        from collections import Counter
-
         counts = Counter()
         for doc in docs:
             counts.update(ch for ch in self._without_specials(doc) if ch not in self._vocab)
         return dict(counts.most_common())
 
 
-def tokenizer_file(path: str | Path, what: str = "tokenizer") -> Path:
-    """The tokenizer.json named by ``path``: the file itself, the one inside a model folder, or
-    that of a model shipped with aigc (``tang-base``).
-
-    Raises:
-        AigcError: neither exists.
-    """
-    from aigc.models import BUILTIN_MODELS
-
-    if not Path(path).exists() and str(path) in BUILTIN_MODELS:  # a shipped model's name: its tokenizer
-        path = BUILTIN_MODELS[str(path)]
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise AigcError(f"{what} = {str(path)!r}: tokenizer file not found (expected 'char', 'bpe', "
-                        "a tokenizer.json or a model folder holding one)" if what != "tokenizer"
-                        else f"{path}: tokenizer file not found")
-    return path
-
-
 def special_token(folder: str | Path, name: str) -> str | None:
     """The ``name`` special token (``eos_token``, ``bos_token``) in ``folder/tokenizer_config.json``,
     as Hugging Face writes it (a string or ``{"content": ...}``); None when absent."""
-    import json
-
     path = Path(folder) / "tokenizer_config.json"
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get(name)
-    except (OSError, ValueError, AttributeError):
+        value = read_json(path, dict).get(name)
+    except AigcError:
         return None
     if isinstance(value, dict):
         value = value.get("content")

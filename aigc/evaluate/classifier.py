@@ -19,12 +19,13 @@ command are in ``fmnist-classifier/info.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from aigc.atomic import read_json
 from aigc.errors import AigcError
 
 SHIPPED = Path(__file__).parent / "fmnist-classifier"
@@ -64,8 +65,6 @@ def load_classifier(device: str | torch.device = "cpu") -> FmnistClassifier:
     Raises:
         AigcError: the shipped weights are missing (a broken install).
     """
-    from safetensors.torch import load_file
-
     key = str(device)
     if key not in _CACHE:
         weights = SHIPPED / "model.safetensors"
@@ -81,8 +80,8 @@ def load_classifier(device: str | torch.device = "cpu") -> FmnistClassifier:
 def classifier_info() -> dict:
     """info.json of the shipped classifier: test accuracy, parameters, training command."""
     try:
-        return json.loads((SHIPPED / "info.json").read_text(encoding="utf-8"))
-    except OSError:
+        return read_json(SHIPPED / "info.json", dict)
+    except AigcError:
         return {}
 
 

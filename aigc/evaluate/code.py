@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from aigc.errors import AigcError
 from aigc.evaluate.sandbox import check_sandbox, run_sandboxed
@@ -101,8 +102,6 @@ def score(problems: list[dict], completions: list[list[str]], ks: list[int], tim
     Raises:
         AigcError: the sandbox cannot isolate the network and ``allow_network`` is False, or k > n.
     """
-    from tqdm import tqdm
-
     info = check_sandbox(allow_network)
     n = len(completions[0])
     if any(len(c) != n for c in completions):

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from aigc.errors import AigcError
+from aigc.evaluate.classifier import FEATURE_SPACE, classifier_info, classify
 
 
 def _np(x) -> np.ndarray:
@@ -119,11 +123,6 @@ def evaluate_image_model(model, data, n: int = 10000, seed: int = 0, kid_subsets
     Raises:
         AigcError: images other than 1x28x28 grayscale (the classifier's input).
     """
-    from tqdm import tqdm
-
-    from aigc.errors import AigcError
-    from aigc.evaluate.classifier import FEATURE_SPACE, classifier_info, classify
-
     if data.shape != (1, 28, 28):
         raise AigcError(f"{data.folder}: the {FEATURE_SPACE} are defined for 1x28x28 grayscale images; "
                         f"this data is {'x'.join(map(str, data.shape))}")

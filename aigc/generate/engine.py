@@ -1,5 +1,8 @@
 """The inference engine: token ids in, token ids out, with a cache.
 
+The engine knows token ids and the numeric sampling settings, nothing of tokenization,
+strings, stop rules or HTTP.
+
 :class:`Engine` prefills the prompt once, then feeds one token per step through
 ``model(idx, cache=cache)``: a :class:`~aigc.models.transformer.KVCache` for the
 GPT, the recurrent state for the LSTM. :func:`naive_generate` recomputes the
@@ -22,7 +25,8 @@ from typing import Iterator
 
 import torch
 
-from aigc.generate.sampling import SamplingParams, sample_groups, sample_next
+from aigc.config import SampleConfig
+from aigc.generate.sampling import sample_groups, sample_next
 
 
 def _counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -49,10 +53,11 @@ class Engine:
         return cache, logits[:, -1, :]
 
     @torch.inference_mode()
-    def generate(self, prompt: list[int], num_samples: int = 1, max_new_tokens: int = 100,
-                 params: SamplingParams = SamplingParams(), seed: int | None = None,
-                 first_allowed: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-        """Yield the next token of every sample, ``(num_samples,) int64`` on CPU, once per step.
+    def generate(self, prompt: list[int], num_samples: int = 1, settings: SampleConfig | None = None,
+                 seed: int | None = None, first_allowed: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """Yield the next token of every sample, ``(num_samples,) int64`` on CPU, once per step,
+        for at most ``settings.max_new_tokens`` steps (the engine reads the numeric settings only:
+        penalties, temperature, top-k, top-p; stop strings are the caller's).
 
         The caller stops consuming when it has what it needs (stop tokens and stop
         strings are its business); closing the iterator frees the cache.
@@ -66,6 +71,8 @@ class Engine:
         limit = self.model.context_length
         if limit is not None and len(prompt) > limit:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the context of {limit}")
+        params = settings or SampleConfig()
+        max_new_tokens = params.max_new_tokens
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         ids = torch.tensor([prompt] * num_samples, dtype=torch.long, device=self.device)  # (B, T)
@@ -92,13 +99,14 @@ class Engine:
 
 
 @torch.inference_mode()
-def naive_generate(model: torch.nn.Module, prompt: list[int], max_new_tokens: int,
-                   params: SamplingParams = SamplingParams(temperature=0.0),
+def naive_generate(model: torch.nn.Module, prompt: list[int], settings: SampleConfig,
                    seed: int | None = None) -> list[int]:
-    """Reference generation without a cache: recompute the last ``block_size`` tokens every step.
+    """Reference generation without a cache: recompute the last ``block_size`` tokens every step,
+    for ``settings.max_new_tokens`` steps.
 
     Returns the new token ids of one sample (a list of int).
     """
+    params, max_new_tokens = settings, settings.max_new_tokens
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
@@ -126,7 +134,7 @@ class Sequence:
     ``close`` frees its rows.
     """
 
-    def __init__(self, engine: "BatchEngine", n: int, params: SamplingParams, generator: torch.Generator,
+    def __init__(self, engine: "BatchEngine", n: int, params: SampleConfig, generator: torch.Generator,
                  ids: torch.Tensor):
         self.engine, self.n, self.params, self.generator = engine, n, params, generator
         self.history = ids  # (n, T): the recent tokens, for a re-prefill when the context is full
@@ -185,9 +193,10 @@ class BatchEngine:
         self.rows = 0  # rows in use: [0, rows)
 
     @torch.inference_mode()
-    def add(self, prompt: list[int], n: int = 1, params: SamplingParams = SamplingParams(),
+    def add(self, prompt: list[int], n: int = 1, settings: SampleConfig | None = None,
             seed: int | None = None, first_allowed: torch.Tensor | None = None) -> Sequence:
-        """Prefill ``prompt`` for ``n`` samples; the first tokens are ready to take at once.
+        """Prefill ``prompt`` for ``n`` samples; the first tokens are ready to take at once. The
+        sequence runs until its caller closes it (``settings.max_new_tokens`` is the caller's to count).
 
         ``first_allowed`` (bool ``(V,)``): the tokens the first new token may be (token healing).
 
@@ -204,6 +213,7 @@ class BatchEngine:
             raise ValueError(f"{n} samples need more rows than the engine's {self.max_rows}")
         if self.rows + n > self.max_rows:
             raise RowsFull(f"{self.rows} of {self.max_rows} rows in use")
+        params = settings or SampleConfig()
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         ids = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)  # (n, T)

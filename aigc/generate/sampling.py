@@ -12,28 +12,19 @@ Applied in this order to logits ``(B, V)`` float32:
 5. top-p (Holtzman et al. 2020, nucleus): keep the smallest set of tokens whose
    probability mass reaches p (the most likely token is always kept);
 6. one draw per sample from the softmax by inverse-CDF sampling (:func:`draw`).
+
+The settings are the fields of one :class:`~aigc.config.SampleConfig`, the object that
+flows from the CLI, the server or the API down to here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class SamplingParams:
-    """How to pick each next token (see the module docstring for the order of operations)."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+from aigc.config import SampleConfig
 
 
-def penalize(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def penalize(logits: torch.Tensor, counts: torch.Tensor, params: SampleConfig) -> torch.Tensor:
     """Apply repetition/presence/frequency penalties; ``counts (B, V)`` = occurrences so far."""
     if params.repetition_penalty != 1.0:
         seen = counts > 0
@@ -76,7 +67,7 @@ def outside_nucleus(logits: torch.Tensor, top_p: float | torch.Tensor) -> torch.
     return ~torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, kept)
 
 
-def sample_next(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams,
+def sample_next(logits: torch.Tensor, counts: torch.Tensor, params: SampleConfig,
                 generator: torch.Generator | None) -> torch.Tensor:
     """Pick the next token for each row: ``logits (B, V)`` -> ids ``(B,)`` int64."""
     logits = penalize(logits.float(), counts, params)
@@ -106,7 +97,7 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def sample_groups(logits: torch.Tensor, counts: torch.Tensor,
-                  groups: list[tuple[SamplingParams, int, torch.Generator | None]]) -> torch.Tensor:
+                  groups: list[tuple[SampleConfig, int, torch.Generator | None]]) -> torch.Tensor:
     """:func:`sample_next` for a batch made of several requests, each with its own settings.
 
     ``groups`` lists consecutive row groups ``(params, rows, generator)``; ``logits`` and

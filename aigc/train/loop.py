@@ -1,5 +1,8 @@
 """The training loop: `aigc train CONFIG.toml`.
 
+Train layer: knows configs, prepared data, model folders and checkpoints, and families only
+through a task (:mod:`aigc.train.tasks`); never imports the public API or the CLI.
+
 One loop for every family: AdamW (Loshchilov & Hutter 2019) with decay only on
 matrices, linear warmup then cosine decay, gradient accumulation, global-norm
 clipping, autocast mixed precision, periodic evaluation, atomic checkpoints.
@@ -21,7 +24,6 @@ Run folder::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -32,18 +34,27 @@ import sys
 import time
 from pathlib import Path
 
+import numpy
+import PIL
+import tokenizers
 import torch
 from tqdm import tqdm
 
-from aigc.api import pick_device, resolve_model_folder, set_threads
-from aigc.atomic import write_json, write_text
+from aigc.atomic import read_json, write_json, write_text
 from aigc.config import RunConfig, config_from_dict, read_toml
+from aigc.data.prepared import use_base_tokenizer
+from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
-from aigc.models import BUILTIN_MODELS, build_model, family_of, load_model_folder, read_model_config
-from aigc.models.lora import add_lora, load_adapter, read_adapter_config
-from aigc.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
-from aigc.train.tasks import make_task
+from aigc.folders import latest_checkpoint
+from aigc.formats.adapter import load_adapter, read_adapter_config
+from aigc.formats.checkpoint import load_training_state, save_checkpoint
+from aigc.formats.model_folder import load_model_folder, read_model_config
+from aigc.models import build_model, family_of
+from aigc.models.lora import add_lora
+from aigc.runtime import autocast, pick_device, set_threads
 from aigc.train.plot import plot_losses
+from aigc.train.tasks import make_task
+from aigc.version import __version__
 
 
 def lr_at(progress: float, step: int, cfg) -> float:
@@ -71,25 +82,20 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def environment() -> dict:
     """Versions and git commit recorded in run.json."""
-    import numpy
-    import PIL
-    import tokenizers
-
-    import aigc
-
     commit = "unknown"
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(aigc.__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here,
                              capture_output=True, text=True, timeout=10)
         if out.returncode == 0:
             commit = out.stdout.strip()
             dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   cwd=Path(aigc.__file__).parent, capture_output=True, text=True, timeout=10)
+                                   cwd=here, capture_output=True, text=True, timeout=10)
             if dirty.stdout.strip():
                 commit += "-dirty"
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return {"aigc": aigc.__version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"aigc": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "tokenizers": tokenizers.__version__, "pillow": PIL.__version__,
             "platform": platform.platform(), "git_commit": commit}
 
@@ -118,14 +124,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    if dtype == "float16" and device.type != "cuda":
-        raise AigcError("train.dtype = 'float16' needs a CUDA device; use bfloat16 on CPU")
-    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def _open_run(cfg: RunConfig, resume: bool):
@@ -187,53 +185,33 @@ def resolve_resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfi
     return cfg
 
 
-def use_base_tokenizer(cfg: RunConfig) -> Path | None:
-    """For a fine-tuning config (``train.init_from``): the base model's folder, and a text
-    ``[data]`` that asks for a new tokenizer (char/bpe) switched to the base's own.
+
+
+def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, base_folder: Path | None):
+    """The model to train: the base model (fine-tuning) or fresh weights, fitted to the data and
+    checked against the run's checkpoint; with LoRA adapters added (its base frozen).
+
+    Returns ``(model, LoRAConfig or None)``.
 
     Raises:
-        AigcError: the base cannot be found.
+        AigcError: a tokenizer other than the base's, a model that does not fit the data, or a
+            checkpoint made with other model or LoRA settings.
     """
-    if not cfg.train.init_from:
-        return None
-    base_folder = resolve_model_folder(cfg.train.init_from)
-    if cfg.train.init_from not in BUILTIN_MODELS:  # pinned: a run's checkpoint, not whatever is latest later
-        cfg.train.init_from = str(base_folder.resolve())
-    if not cfg.is_image and cfg.data.tokenizer in ("char", "bpe"):
-        cfg.data.tokenizer = cfg.train.init_from  # fine-tuning keeps the base model's tokenizer
-    return base_folder
-
-
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: list[str] | None = None) -> Path:
-    """Train ``cfg.model`` on ``cfg.data``; return the run folder.
-
-    Raises:
-        AigcError: an existing run without ``resume``, a mismatched run with it, or bad data.
-    """
-    run_dir, ckpt, saved = _open_run(cfg, resume)
-    device = pick_device(cfg.train.device)
-    _autocast(device, cfg.train.dtype)  # an impossible dtype fails before anything is written
-    base_folder = use_base_tokenizer(cfg)
-    task = make_task(cfg, device, progress)
-    set_threads(cfg.train.threads, "train.threads")
+    base = None
     if cfg.train.init_from:
         base = load_model_folder(base_folder, families=(family_of(cfg.model),))
         cfg.model = base.config
-        if task.tokenizer is not None:
-            from aigc.data.tokenizer import Tokenizer
-
-            if task.tokenizer.fingerprint() != Tokenizer.load(base_folder).fingerprint():
-                raise AigcError(f"data.tokenizer = {cfg.data.tokenizer!r} is not the tokenizer of the base model "
-                                f"{cfg.train.init_from}; its token ids would not match the base's embeddings "
-                                "(leave data.tokenizer unset to use the base's)")
-    task.configure_model(cfg.model, from_base=bool(cfg.train.init_from))
+        if task.tokenizer is not None and task.tokenizer.fingerprint() != Tokenizer.load(base_folder).fingerprint():
+            raise AigcError(f"data.tokenizer = {cfg.data.tokenizer!r} is not the tokenizer of the base model "
+                            f"{cfg.train.init_from}; its token ids would not match the base's embeddings "
+                            "(leave data.tokenizer unset to use the base's)")
+    task.configure_model(cfg.model, from_base=base is not None)
     cfg.validate()
     task.check_model(cfg.model)
     if saved is not None and dataclasses.asdict(saved) != dataclasses.asdict(cfg.model):
         raise AigcError(f"{run_dir}: {task.mismatch_message(saved)}")
-
     torch.manual_seed(cfg.train.seed)
-    model = base if cfg.train.init_from else build_model(cfg.model)
+    model = base if base is not None else build_model(cfg.model)
     lora = cfg.train.lora()
     if ckpt is not None and (lora is None) != (not (ckpt / "adapter_config.json").is_file()):
         raise AigcError(f"{run_dir}: the run {'trains LoRA adapters' if lora is None else 'fine-tunes every weight'}"
@@ -248,160 +226,215 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
                                     f"for {ours}; resume with the run's own LoRA settings")
         add_lora(model, lora)
         model.lora_base = cfg.train.init_from
-    model.to(device).train()
-    t = cfg.train
-    updates = task.updates(model)
-    optimizers = {u.name: torch.optim.AdamW(param_groups(u.module, t.weight_decay), lr=t.lr,
-                                            betas=(t.beta1, t.beta2), fused=device.type == "cuda")
-                  for u in updates}
-    own = {u.name: {id(p) for p in u.module.parameters()} for u in updates}
-    frozen = {u.name: [p for v in updates if v is not u for p in v.module.parameters()
-                       if p.requires_grad and id(p) not in own[u.name]] for u in updates}
-    scaler = torch.amp.GradScaler(enabled=t.dtype == "float16")
-    metrics_path = run_dir / "metrics.jsonl"
-    state = {"step": 0, task.unit: 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val_loss": None}
-    if ckpt is not None:
-        if lora is not None:
-            load_adapter(model, ckpt, wrap=False)
-        else:
-            model.load_state_dict(load_model_folder(ckpt, device).state_dict())
-        state.update(load_training_state(ckpt, optimizers))
-        _truncate_metrics(metrics_path, state["step"])
-        print(f"resuming {run_dir} from {ckpt.name}", file=sys.stderr)
-    elif resume:
-        _truncate_metrics(metrics_path, 0)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.toml", cfg.to_toml())
-    run_info = {"seed": t.seed, "command": argv or sys.argv, "device": str(device),
-                "prepared_data": str(task.data.folder), "data_meta": task.data.meta, **environment()}
+    return model, lora
+
+
+def _write_run_info(run_dir: Path, info: dict, resumed: bool) -> dict:
+    """run.json: ``info`` plus when the run started and every time it resumed (kept across resumes)."""
     try:
-        old_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        old_info = {}
-    old_info = old_info if isinstance(old_info, dict) else {}
-    run_info["started"] = old_info.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    run_info["resumed"] = old_info.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if ckpt else [])
-    write_json(run_dir / "run.json", run_info)
+        old = read_json(run_dir / "run.json", dict)
+    except AigcError:
+        old = {}
+    info["started"] = old.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    info["resumed"] = old.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if resumed else [])
+    write_json(run_dir / "run.json", info)
+    return info
 
-    items_per_step = task.items_per_step()
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-    trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else ""
-    run_info["parameters"], run_info["trainable_parameters"] = n_params, n_train
-    write_json(run_dir / "run.json", run_info)
-    print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "
-          f"{items_per_step:,} {task.unit}/step, device {device}", file=sys.stderr)
-    title = f"{run_dir.name}: {family_of(cfg.model)}"
 
-    def log(row: dict) -> None:
-        with open(metrics_path, "a", encoding="utf-8") as f:
+class _Run:
+    """One training run in progress: the model, its task, optimizers, loop state and outputs."""
+
+    def __init__(self, cfg: RunConfig, task, model, device: torch.device, run_dir: Path):
+        t = self.t = cfg.train
+        self.cfg, self.task, self.model, self.device, self.run_dir = cfg, task, model, device, run_dir
+        model.to(device).train()
+        self.updates = task.updates(model)
+        self.optimizers = {u.name: torch.optim.AdamW(param_groups(u.module, t.weight_decay), lr=t.lr,
+                                                     betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+                           for u in self.updates}
+        own = {u.name: {id(p) for p in u.module.parameters()} for u in self.updates}
+        # during one update the other optimizers' parameters are frozen (a GAN's D step leaves G alone)
+        self.frozen = {u.name: [p for v in self.updates if v is not u for p in v.module.parameters()
+                                if p.requires_grad and id(p) not in own[u.name]] for u in self.updates}
+        self.scaler = torch.amp.GradScaler(enabled=t.dtype == "float16")
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.state = {"step": 0, task.unit: 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val_loss": None}
+        self.title = f"{run_dir.name}: {family_of(cfg.model)}"
+        self.bar = None
+
+    def restore(self, ckpt: Path | None, lora, resume: bool) -> None:
+        """Weights (or adapter weights), optimizers and loop state from ``ckpt``; metric lines
+        logged after it are dropped."""
+        if ckpt is not None:
+            if lora is not None:
+                load_adapter(self.model, ckpt, wrap=False)
+            else:
+                self.model.load_state_dict(load_model_folder(ckpt, self.device).state_dict())
+            self.state.update(load_training_state(ckpt, self.optimizers))
+            _truncate_metrics(self.metrics_path, self.state["step"])
+            print(f"resuming {self.run_dir} from {ckpt.name}", file=sys.stderr)
+        elif resume:
+            _truncate_metrics(self.metrics_path, 0)
+
+    def log(self, row: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
-    def evaluate(step: int) -> None:
-        row, message = task.evaluate(model, lambda: _autocast(device, t.dtype))
-        log({"step": step, **row, task.unit: state[task.unit], "elapsed_s": state["elapsed_s"]})
+    def evaluate(self, step: int) -> None:
+        row, message = self.task.evaluate(self.model, lambda: autocast(self.device, self.t.dtype))
+        self.log({"step": step, **row, self.task.unit: self.state[self.task.unit],
+                  "elapsed_s": self.state["elapsed_s"]})
         val = row.get("val_loss")
-        if val is not None and (state["best_val_loss"] is None or val < state["best_val_loss"]):
-            state["best_val_loss"] = val
-        plot_losses(metrics_path, run_dir / "loss.png", title)
-        bar.write(f"step {step}: {message}")
+        if val is not None and (self.state["best_val_loss"] is None or val < self.state["best_val_loss"]):
+            self.state["best_val_loss"] = val
+        plot_losses(self.metrics_path, self.run_dir / "loss.png", self.title)
+        self.bar.write(f"step {step}: {message}")
 
-    def checkpoint(step: int) -> None:
-        model.eval()
-        save_checkpoint(run_dir, model, optimizers, task.tokenizer, task.generation_config, dict(state),
-                        t.keep_checkpoints)
-        model.train()
+    def checkpoint(self, step: int) -> None:
+        self.model.eval()
+        save_checkpoint(self.run_dir, self.model, self.optimizers, self.task.tokenizer, self.task.generation_config,
+                        dict(self.state), self.t.keep_checkpoints)
+        self.model.train()
+        self.task.write_sample(self.model, self.run_dir, step)
 
-    step = state["step"]
+    def optimizer_step(self, step: int, lr: float) -> dict:
+        """One training step: every update (one for most families, discriminator then generator
+        for a GAN) over ``grad_accum`` micro-batches. Returns the metrics row.
+
+        Raises:
+            AigcError: a loss that is not finite (nothing of this step is checkpointed).
+        """
+        t = self.t
+        torch.manual_seed(t.seed * 1_000_003 + step)  # dropout of this step
+        batch_gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+        row = {"step": step + 1}
+        for u in self.updates:
+            optimizer = self.optimizers[u.name]
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for p in self.frozen[u.name]:  # no gradients for the other optimizer's parameters in this update
+                p.requires_grad_(False)
+            loss_sum, logs_sum = 0.0, {}
+            for _ in range(t.grad_accum):
+                batch = self.task.batch(batch_gen)
+                with autocast(self.device, t.dtype):
+                    loss, logs = u.objective(self.model, batch, batch_gen)
+                self.scaler.scale(loss / t.grad_accum).backward()
+                loss_sum += loss.item()
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + v / t.grad_accum
+            for p in self.frozen[u.name]:
+                p.requires_grad_(True)
+            if t.grad_clip:
+                self.scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(u.module.parameters(), t.grad_clip).item()
+                row["grad_norm" if len(self.updates) == 1 else f"{u.name}_grad_norm"] = norm
+            self.scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            row[u.loss_key] = loss_sum / t.grad_accum
+            row.update(logs_sum)
+            if not math.isfinite(row[u.loss_key]):
+                self.bar.close()
+                what = {"d_loss": "discriminator loss", "g_loss": "generator loss"}.get(u.loss_key, "training loss")
+                raise AigcError(f"the {what} became {row[u.loss_key]} at step {step + 1}; "
+                                f"no checkpoint written (a lower train.lr than {t.lr} usually helps); the last "
+                                "good checkpoint is kept")
+        self.scaler.update()
+        self.task.after_step(self.model)
+        return row
+
+    def run(self, progress: bool) -> bool:
+        """Train from the restored step to ``max_steps`` (or the time limit, or Ctrl-C); evaluate,
+        checkpoint and sample on their intervals and at the end. Returns True when stopped by a signal.
+
+        The steps: 1) the time limit; 2) the learning rate (warmup, then cosine over steps or
+        time, whichever is further along); 3) one optimizer step; 4) log, evaluate, checkpoint.
+        """
+        t, state, unit = self.t, self.state, self.task.unit
+        step, items_per_step = state["step"], self.task.items_per_step()
+        start_time = time.time() - state["elapsed_s"]
+        start_cpu = time.process_time() - state.get("cpu_s", 0.0)
+        limit_s = t.max_minutes * 60
+        self.bar = bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress,
+                              dynamic_ncols=True, file=sys.stderr)
+        window_items, window_start = 0, time.time()
+        with _StopFlag() as stop:
+            while step < t.max_steps:
+                elapsed = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
+                if limit_s and elapsed >= limit_s:  # 1)
+                    bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}")
+                    break
+                progress_frac = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)  # 2)
+                if limit_s:
+                    progress_frac = max(progress_frac, elapsed / limit_s)
+                lr = lr_at(progress_frac, step, t)
+                row = self.optimizer_step(step, lr)  # 3)
+                step += 1
+                state["step"], state[unit] = step, state[unit] + items_per_step
+                state["elapsed_s"], state["cpu_s"] = time.time() - start_time, time.process_time() - start_cpu
+                window_items += items_per_step
+                bar.update(1)
+                if step % t.log_interval == 0 or step == t.max_steps:  # 4)
+                    now = time.time()
+                    rate = window_items / max(now - window_start, 1e-9)
+                    window_items, window_start = 0, now
+                    row.update({"lr": lr, unit: state[unit], f"{unit}_per_s": rate,
+                                "elapsed_s": state["elapsed_s"], "cpu_s": state["cpu_s"]})
+                    self.log(row)
+                    shown = {k.replace("train_", ""): f"{row[k]:.3f}" for k in (u.loss_key for u in self.updates)}
+                    bar.set_postfix(**shown, **{f"{unit[:3]}_s": f"{rate:,.0f}"}, lr=f"{lr:.1e}")
+                if step % t.eval_interval == 0:
+                    self.evaluate(step)
+                if step % t.checkpoint_interval == 0:
+                    self.checkpoint(step)
+                if stop.set:
+                    break
+            if state["step"] % t.eval_interval != 0:
+                self.evaluate(state["step"])
+            if state["step"] % t.checkpoint_interval != 0:
+                self.checkpoint(state["step"])
+        bar.close()
+        return stop.set
+
+
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: list[str] | None = None) -> Path:
+    """Train ``cfg.model`` on ``cfg.data``; return the run folder.
+
+    Raises:
+        AigcError: an existing run without ``resume``, a mismatched run with it, or bad data.
+        KeyboardInterrupt: stopped by Ctrl-C or SIGTERM, after writing a checkpoint.
+    """
+    # 1. the run folder, its latest checkpoint, the device (an impossible dtype fails before anything is written)
+    run_dir, ckpt, saved = _open_run(cfg, resume)
+    device = pick_device(cfg.train.device)
+    autocast(device, cfg.train.dtype)
+    # 2. the data (prepared on demand) and the model: a base to fine-tune, LoRA adapters, or fresh weights
+    base_folder = use_base_tokenizer(cfg)
+    task = make_task(cfg, device, progress)
+    set_threads(cfg.train.threads, "train.threads")
+    model, lora = _model_for(cfg, task, run_dir, ckpt, saved, base_folder)
+    # 3. optimizers and loop state, restored from the checkpoint when resuming
+    run = _Run(cfg, task, model, device, run_dir)
+    run.restore(ckpt, lora, resume)
+    # 4. the run folder's config and run.json
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.toml", cfg.to_toml())
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    _write_run_info(run_dir, {"seed": cfg.train.seed, "command": argv or sys.argv, "device": str(device),
+                              "prepared_data": str(task.data.folder), "data_meta": task.data.meta, **environment(),
+                              "parameters": n_params, "trainable_parameters": n_train}, resumed=ckpt is not None)
+    trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else ""
+    print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "
+          f"{task.items_per_step():,} {task.unit}/step, device {device}", file=sys.stderr)
+    # 5. the loop
+    step, t = run.state["step"], cfg.train
     if ckpt is not None and step >= t.max_steps:
         print(f"{run_dir}: already at step {step} of train.max_steps = {t.max_steps}; nothing to do "
               f"(raise it to continue, e.g. --train.max_steps={2 * t.max_steps})", file=sys.stderr)
         return run_dir
-    start_time = time.time() - state["elapsed_s"]
-    start_cpu = time.process_time() - state.get("cpu_s", 0.0)
-    limit_s = t.max_minutes * 60
-    bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True, file=sys.stderr)
-    window_items, window_start = 0, time.time()
-    with _StopFlag() as stop:
-        while step < t.max_steps:
-            elapsed = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
-            if limit_s and elapsed >= limit_s:
-                bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}")
-                break
-            progress_frac = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-            if limit_s:
-                progress_frac = max(progress_frac, elapsed / limit_s)
-            lr = lr_at(progress_frac, step, t)
-            torch.manual_seed(t.seed * 1_000_003 + step)  # dropout of this step
-            batch_gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
-            row = {"step": step + 1}
-            for u in updates:
-                optimizer = optimizers[u.name]
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                others = frozen[u.name]
-                for p in others:  # no gradients for the other optimizer's parameters in this update
-                    p.requires_grad_(False)
-                loss_sum, logs_sum = 0.0, {}
-                for _ in range(t.grad_accum):
-                    batch = task.batch(batch_gen)
-                    with _autocast(device, t.dtype):
-                        loss, logs = u.objective(model, batch, batch_gen)
-                    scaler.scale(loss / t.grad_accum).backward()
-                    loss_sum += loss.item()
-                    for k, v in logs.items():
-                        logs_sum[k] = logs_sum.get(k, 0.0) + v / t.grad_accum
-                for p in others:
-                    p.requires_grad_(True)
-                if t.grad_clip:
-                    scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(u.module.parameters(), t.grad_clip).item()
-                    row["grad_norm" if len(updates) == 1 else f"{u.name}_grad_norm"] = norm
-                scaler.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
-                row[u.loss_key] = loss_sum / t.grad_accum
-                row.update(logs_sum)
-                if not math.isfinite(row[u.loss_key]):
-                    bar.close()
-                    what = {"d_loss": "discriminator loss", "g_loss": "generator loss"}.get(u.loss_key, "training loss")
-                    raise AigcError(f"the {what} became {row[u.loss_key]} at step {step + 1}; "
-                                    f"no checkpoint written (a lower train.lr than {t.lr} usually helps); the last "
-                                    "good checkpoint is kept")
-            scaler.update()
-            task.after_step(model)
-            step += 1
-            state["step"] = step
-            state[task.unit] += items_per_step
-            state["elapsed_s"] = time.time() - start_time
-            state["cpu_s"] = time.process_time() - start_cpu
-            window_items += items_per_step
-            bar.update(1)
-            if step % t.log_interval == 0 or step == t.max_steps:
-                now = time.time()
-                rate = window_items / max(now - window_start, 1e-9)
-                window_items, window_start = 0, now
-                row.update({"lr": lr, task.unit: state[task.unit], f"{task.unit}_per_s": rate,
-                            "elapsed_s": state["elapsed_s"], "cpu_s": state["cpu_s"]})
-                log(row)
-                shown = {k.replace("train_", ""): f"{row[k]:.3f}" for k in (u.loss_key for u in updates)}
-                bar.set_postfix(**shown, **{f"{task.unit[:3]}_s": f"{rate:,.0f}"}, lr=f"{lr:.1e}")
-            if step % t.eval_interval == 0:
-                evaluate(step)
-            if step % t.checkpoint_interval == 0:
-                checkpoint(step)
-                task.write_sample(model, run_dir, step)
-            if stop.set:
-                break
-        final = state["step"]
-        if final % t.eval_interval != 0:
-            evaluate(final)
-        if final % t.checkpoint_interval != 0:
-            checkpoint(final)
-            task.write_sample(model, run_dir, final)
-    bar.close()
-    if stop.set:
-        print(f"stopped at step {final}; checkpoint written; continue with: aigc train {run_dir} --resume",
+    if run.run(progress):
+        print(f"stopped at step {run.state['step']}; checkpoint written; continue with: aigc train {run_dir} --resume",
               file=sys.stderr)
         raise KeyboardInterrupt
     return run_dir

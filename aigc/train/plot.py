@@ -16,6 +16,8 @@ LOSSES = [("train_loss", "train"), ("val_loss", "val"), ("d_loss", "discriminato
 
 def plot_losses(metrics_path: Path, out_path: Path, title: str = "") -> None:
     """Draw every logged loss series (and val FD, if any) into a PNG, written atomically."""
+    # imported here: matplotlib takes about a second to import, and the headless backend must be
+    # chosen before pyplot loads; only training draws plots
     import matplotlib
 
     matplotlib.use("Agg")

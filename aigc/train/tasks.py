@@ -14,9 +14,7 @@ The loop (:mod:`aigc.train.loop`) is the same for every family. A task gives it:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +22,13 @@ from typing import Callable
 import torch
 
 from aigc.atomic import write_text
+from aigc.data.prepared import ensure_prepared
+from aigc.data.shards import bits_per_char
 from aigc.errors import AigcError
+from aigc.evaluate.classifier import FEATURE_SPACE, classify
+from aigc.evaluate.images import frechet_distance_features
+from aigc.generate.images import save_grid
+from aigc.generate.text import TextModel
 from aigc.train import objectives
 
 
@@ -36,45 +40,6 @@ class Update:
     module: torch.nn.Module  # whose parameters this optimizer owns
     objective: Callable  # (model, batch, gen) -> (loss, logs)
     loss_key: str = "train_loss"  # the metrics key of its loss
-
-
-def _check_prepared(folder: Path, key: dict) -> bool:
-    """True when ``folder`` holds data prepared with ``key``; an error when it holds other data."""
-    meta = folder / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        saved = json.loads(meta.read_text(encoding="utf-8")).get("data") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        saved = {}
-    diff = [k for k, v in key.items() if saved.get(k) != v]
-    if diff:
-        raise AigcError(f"{folder}: holds data prepared with other settings (differs in data."
-                        f"{', data.'.join(diff)}); set data.prepared_dir to another folder, or delete this one")
-    return True
-
-
-def ensure_prepared(cfg, progress: bool = True):
-    """The prepared dataset for ``cfg.data`` (token shards or image arrays), preparing it when missing.
-
-    Raises:
-        AigcError: the prepared folder holds data made with other settings, or the source is bad.
-    """
-    if cfg.is_image:
-        from aigc.data.images import ImageData, default_image_prepared_dir, image_data_key, prepare_images
-
-        folder = default_image_prepared_dir(cfg.data)
-        if not _check_prepared(folder, image_data_key(cfg.data)):
-            print(f"preparing {folder} ...", file=sys.stderr)
-            prepare_images(cfg.data, folder, progress=progress)
-        return ImageData(folder)
-    from aigc.data.shards import TokenData, data_key, default_prepared_dir, prepare
-
-    folder = default_prepared_dir(cfg.data)
-    if not _check_prepared(folder, data_key(cfg.data)):
-        print(f"preparing {folder} ...", file=sys.stderr)
-        prepare(cfg.data, folder, progress=progress)
-    return TokenData(folder)
 
 
 def make_task(cfg, device, progress: bool = True):
@@ -133,8 +98,6 @@ class TextTask:
 
     @torch.no_grad()
     def evaluate(self, model, autocast) -> tuple[dict, str]:
-        from aigc.data.shards import bits_per_char
-
         model.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 1)
         losses, counts = [], []
@@ -157,8 +120,6 @@ class TextTask:
         return row, message
 
     def write_sample(self, model, run_dir: Path, step: int) -> None:
-        from aigc.api import TextModel
-
         model.eval()
         cfg = self.cfg
         tm = TextModel(model, self.tokenizer, dataclasses.replace(cfg.sample), run_dir)
@@ -257,9 +218,6 @@ class ImageTask:
                          f"KL {row['val_kl']:.2f})")
         row, message = {}, "no validation metric for this image shape"
         if self.data.shape == (1, 28, 28):
-            from aigc.evaluate.classifier import FEATURE_SPACE, classify
-            from aigc.evaluate.images import frechet_distance_features
-
             n = min(1000, len(self.data.images["val"]))
             idx = torch.randperm(len(self.data.images["val"]), generator=gen)[:n].numpy()  # the same at every eval
             if self._val_features is None:  # computed once per run
@@ -277,8 +235,6 @@ class ImageTask:
         return (torch.arange(n) % self.cfg.model.n_classes).to(self.device)
 
     def write_sample(self, model, run_dir: Path, step: int) -> None:
-        from aigc.generate.images import save_grid
-
         model.eval()
         k = self.cfg.model.n_classes if self.cfg.model.conditional else 0
         n, nrow = self.cfg.sample.n, (k or self.cfg.sample.nrow)

@@ -30,7 +30,6 @@ for LayerNorm/learned/GELU models with biases.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -39,30 +38,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
-from aigc.atomic import atomic_dir, write_json
+from aigc.atomic import atomic_dir, read_json, write_json
+from aigc.config import SampleConfig
 from aigc.errors import AigcError
 from aigc.models.transformer import GPT, GPTConfig
 
 SUPPORTED = ("gpt2", "llama", "qwen2")
 INDEX = "model.safetensors.index.json"
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def is_hf_folder(folder: str | Path) -> bool:
-    """Does ``folder/config.json`` describe a Hugging Face model (a ``model_type``, no aigc ``family``)?"""
-    try:
-        raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "model_type" in raw and "family" not in raw
-
-
-def refuse_hub_name(path: str | Path) -> None:
-    """Raise a clear :class:`AigcError` when ``path`` does not exist and looks like a hub name ``org/model``."""
-    text = str(path)
-    if not Path(text).exists() and _HUB_NAME.match(text):
-        raise AigcError(f"{text}: no such folder. It looks like a Hugging Face hub name; aigc never downloads "
-                        f"models. Download it first (e.g. `hf download {text} --local-dir DIR`) and pass DIR")
 
 
 # ---------------------------------------------------------------- config mapping
@@ -255,11 +237,11 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     single, index = folder / "model.safetensors", folder / INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = read_json(index)["weight_map"]
             files = sorted(set(weight_map.values()))
             if not all(isinstance(f, str) and f and "/" not in f and f != ".." for f in files):
                 raise ValueError("weight_map values must be file names in the folder")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (AigcError, ValueError, KeyError, TypeError, AttributeError):
             raise AigcError(f"{index}: corrupt index (expected {{\"weight_map\": {{name: file}}}})") from None
     elif single.is_file():
         files = [single.name]
@@ -325,10 +307,7 @@ def load_hf_folder(folder: str | Path) -> GPT:
     """
     folder = Path(folder)
     where = str(folder / "config.json")
-    try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise AigcError(f"{where}: missing or not valid JSON") from None
+    hf = read_json(folder / "config.json", dict)
     config = config_from_hf(hf, where)
     try:
         config.validate()
@@ -338,6 +317,26 @@ def load_hf_folder(folder: str | Path) -> GPT:
     model = GPT(config)
     model.load_state_dict(state, strict=False)
     return model.eval()
+
+
+def sample_defaults_from_hf(path: Path) -> SampleConfig:
+    """Our sampling defaults from a transformers ``generation_config.json`` (temperature, top-p,
+    top-k, repetition penalty, max_new_tokens; greedy when ``do_sample`` is false). A missing or
+    unreadable file gives our defaults."""
+    defaults = SampleConfig()
+    try:
+        raw = read_json(path, dict)
+    except AigcError:
+        return defaults
+    if raw.get("do_sample") is False:
+        defaults.temperature = 0.0
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                         ("repetition_penalty", "repetition_penalty"), ("max_new_tokens", "max_new_tokens")):
+        value = raw.get(theirs)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (ours != "temperature"
+                                                                               or raw.get("do_sample") is not False):
+            setattr(defaults, ours, type(getattr(defaults, ours))(value))
+    return defaults
 
 
 # ---------------------------------------------------------------- writing

@@ -1,7 +1,9 @@
 """Checkpoints: a model folder plus optimizer and loop state, written atomically.
 
+Formats layer: knows the files of a checkpoint; knows nothing of the loop that writes them.
+
 ``RUN/checkpoints/step-000500/`` holds the model folder files (see
-:mod:`aigc.models`), ``optimizer.safetensors`` (the optimizer's tensors, no
+:mod:`aigc.formats.model_folder`), ``optimizer.safetensors`` (the optimizer's tensors, no
 pickle) and ``state.json`` (step, tokens seen, elapsed time, where the data stood,
 the optimizer's param groups). It is written to a temporary folder and renamed;
 then ``RUN/checkpoints/latest`` (a one-line text file naming the folder) is
@@ -10,7 +12,6 @@ replaced atomically. A crash at any point leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,32 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from aigc.atomic import atomic_dir, write_json, write_text
+from aigc.atomic import atomic_dir, read_json, write_json, write_text
 from aigc.errors import AigcError
-from aigc.models import save_model_folder
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None when there is none.
-
-    Raises:
-        AigcError: ``latest`` names a folder that is missing.
-    """
-    pointer = checkpoint_dir(Path(run_dir)) / "latest"
-    if not pointer.is_file():
-        return None
-    try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        raise AigcError(f"{pointer}: corrupt (not a checkpoint name)") from None
-    folder = checkpoint_dir(Path(run_dir)) / name
-    if not (folder / "state.json").is_file():
-        raise AigcError(f"{pointer}: names {name!r}, which is not a complete checkpoint")
-    return folder
+from aigc.folders import checkpoint_dir
+from aigc.formats.model_folder import save_model_folder
 
 
 def save_checkpoint(run_dir: Path, model, optimizers: dict[str, torch.optim.Optimizer], tokenizer,
@@ -81,9 +60,9 @@ def load_training_state(folder: Path, optimizers: dict[str, torch.optim.Optimize
             that do not match the model.
     """
     try:
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        state = read_json(folder / "state.json")
         tensors = load_file(str(folder / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as e:
+    except (AigcError, OSError, SafetensorError) as e:
         raise AigcError(f"{folder}: truncated or corrupt checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or not isinstance(state.get("optimizer_param_groups"), (dict, list)):
         raise AigcError(f"{folder / 'state.json'}: corrupt (no optimizer_param_groups)")

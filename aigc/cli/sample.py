@@ -1,0 +1,179 @@
+"""`aigc sample` (text, or image grids, reconstructions and interpolations) and `aigc complete` (code)."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import warnings
+from pathlib import Path
+
+import torch
+
+from aigc.api import load
+from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
+from aigc.data.fim import fim_token_ids
+from aigc.errors import AigcError
+from aigc.generate.images import ImageModel, save_grid
+
+SAMPLE = ("Generate text (tokens stream to the terminal as they are produced) or, with an image model, a PNG "
+          "grid (--out). Unset sampling parameters come from the model's generation_config.json.")
+COMPLETE = ("Complete code with a code model. FILE:LINE: the file up to and including LINE is the prefix (say, a "
+            "function's signature and docstring); with a model trained for fill-in-the-middle the rest of the file "
+            "is the suffix and the model writes what goes between. FILE alone: the whole file is the prompt. "
+            "Completions stop where a line starts at column 0.")
+
+
+def sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a run folder (its latest checkpoint) or a model folder")
+    add_sampling_flags(p)
+    add_runtime_flags(p)
+    p.add_argument("--n", type=int, help="number of samples (default: 1 text sample, 64 images)")
+    p.add_argument("--seed", type=int, help="random seed (text: sample i uses seed + i)")
+    p.add_argument("--suffix", help="fill in the middle between --prompt and this text (a model trained with "
+                   "data.fim_rate > 0)")
+    g = p.add_argument_group("image models (dcgan, vae)")
+    g.add_argument("--out", help="the PNG to write (required for image models)")
+    g.add_argument("--class", dest="label", help="generate this class (name or index) with a conditional model")
+    g.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8; one column per class "
+                   "when a conditional model samples every class)")
+    g.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (nearest pixels)")
+    g.add_argument("--reconstruct", nargs="+", metavar="IMAGES", help="VAE: image files or folders to reconstruct")
+    g.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="VAE: two images to interpolate between")
+    g.add_argument("--steps", type=int, default=10, help="images in the interpolation strip (default: 10)")
+
+
+def run_sample(args, overrides: list[str]) -> int:
+    threads(args.threads)
+    model = load(args.model, device=args.device)
+    if isinstance(model, ImageModel):
+        return _sample_images(model, args)
+    for flag in ("out", "label", "reconstruct", "interpolate"):
+        if getattr(args, flag) is not None:
+            raise AigcError(f"--{'class' if flag == 'label' else flag} is for image models; "
+                            f"{args.model} is a {model.family!r} text model")
+    n = 1 if args.n is None else args.n
+    if n < 1:
+        raise AigcError(f"--n {n}: expected at least 1 sample")
+    check_seed(args.seed)
+    settings = model.settings(**sampling_overrides(args))
+    with warnings.catch_warnings():  # a check only: a prompt cropped to the context is reported once, below
+        warnings.simplefilter("ignore")
+        model.encode(args.prompt, args.suffix)  # fail before printing anything (an unknown character, no FIM tokens)
+    for i in range(n):
+        if n > 1:
+            print(f"--- sample {i + 1}/{n}", flush=True)
+        print(args.prompt, end="", flush=True)
+        seed = None if args.seed is None else args.seed + i
+        for piece in model.stream(args.prompt, seed=seed, suffix=args.suffix, settings=settings):
+            print(piece, end="", flush=True)
+        print(args.suffix or "", flush=True)
+    return 0
+
+
+def complete_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a run folder or a model folder")
+    p.add_argument("target", metavar="FILE[:LINE]", help="a source file, optionally :LINE (1-based)")
+    add_sampling_flags(p, prompt=False)
+    add_runtime_flags(p)
+    p.add_argument("--n", type=int, default=1, help="number of completions (default: 1)")
+    p.add_argument("--seed", type=int, help="random seed (completion i uses seed + i)")
+    p.add_argument("--no-infill", dest="no_infill", action="store_true",
+                   help="ignore the rest of the file (plain left-to-right completion)")
+
+
+def _source_parts(target: str) -> tuple[str, str]:
+    """``FILE`` or ``FILE:LINE`` -> (prefix, suffix): the file up to LINE (all of it without one)
+    ending in a newline, and the rest.
+
+    Raises:
+        AigcError: no such file, invalid UTF-8, or LINE outside the file.
+    """
+    path, line = target, None
+    head, sep, tail = target.rpartition(":")
+    if sep and tail.isdigit() and not Path(target).exists():
+        path, line = head, int(tail)
+    source = Path(path)
+    if not source.is_file():
+        raise AigcError(f"{source}: no such file (give FILE or FILE:LINE)")
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AigcError(f"{source}: invalid UTF-8 at byte offset {e.start}") from None
+    lines = text.splitlines(keepends=True)
+    if line is not None and not 1 <= line <= len(lines):
+        raise AigcError(f"{source}:{line}: the file has {len(lines)} lines; LINE must be 1 to {len(lines)}")
+    prefix = "".join(lines[:line]) if line is not None else text
+    if prefix and not prefix.endswith("\n"):
+        prefix += "\n"
+    return prefix, "".join(lines[line:]) if line is not None else ""
+
+
+def run_complete(args, overrides: list[str]) -> int:
+    no_overrides("complete", overrides)
+    prefix, suffix = _source_parts(args.target)
+    threads(args.threads)
+    check_seed(args.seed)
+    if args.n < 1:
+        raise AigcError(f"--n {args.n}: expected at least 1 completion")
+    model = load(args.model, device=args.device)
+    if isinstance(model, ImageModel):
+        raise AigcError(f"{args.model}: an image model; complete needs a code model")
+    infill = bool(suffix.strip()) and not args.no_infill and fim_token_ids(model.tokenizer) is not None
+    settings = model.settings(**{**sampling_overrides(args), "code_stops": True})
+    for i in range(args.n):
+        if args.n > 1:
+            print(f"--- completion {i + 1}/{args.n}", flush=True)
+        seed = None if args.seed is None else args.seed + i
+        for piece in model.stream(prefix, seed=seed, suffix=suffix if infill else None, settings=settings):
+            print(piece, end="", flush=True)
+        print(flush=True)
+    return 0
+
+
+def _sample_images(model: ImageModel, args) -> int:
+    """`aigc sample` for image models: a grid, a reconstruction grid or an interpolation strip."""
+    if not args.out:
+        raise AigcError("--out FILE.png is required for image models (where to write the grid)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise AigcError(f"--out {out}: expected a .png file name")
+    if out.is_dir():
+        raise AigcError(f"--out {out}: is a folder; give a file name such as {out / 'grid.png'}")
+    check_seed(args.seed)
+    if not 1 <= args.scale <= 16 or args.nrow < 1:
+        raise AigcError(f"--scale {args.scale} / --nrow {args.nrow}: expected a scale of 1 to 16 and at least 1 per row")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    info = {"model": str(model.folder), "family": model.family, "step": model.step, "seed": seed}
+    if args.interpolate:
+        images = model.read_images(args.interpolate)
+        if len(images) != 2:
+            raise AigcError(f"--interpolate needs two image files; got {len(images)} images")
+        strip = model.interpolate(images[0], images[1], args.steps, args.label)
+        images = torch.cat([images[:1], strip, images[1:]])
+        info["parameters"] = {"mode": "interpolate", "a": args.interpolate[0], "b": args.interpolate[1],
+                              "steps": args.steps, "class": args.label,
+                              "layout": "A, then the decoded path from A's latent to B's, then B"}
+        nrow = len(images)
+        what = f"interpolation strip of {args.steps} images"
+    elif args.reconstruct:
+        images = model.read_images(args.reconstruct)[:256]
+        recon = model.reconstruct(images, args.label)
+        nrow = min(len(images), 16)
+        rows = []
+        for i in range(0, len(images), nrow):  # originals above their reconstructions
+            rows += [images[i:i + nrow], recon[i:i + nrow]]
+        images = torch.cat(rows)
+        info["parameters"] = {"mode": "reconstruct", "images": list(args.reconstruct), "class": args.label,
+                              "layout": "rows alternate: inputs, then their reconstructions"}
+        what = f"{len(recon)} reconstructions"
+    else:
+        n = 64 if args.n is None else args.n
+        images = model.generate(n, args.label, seed)
+        conditional_all = model.classes and args.label is None
+        nrow = len(model.classes) if conditional_all else min(args.nrow, n)
+        info["parameters"] = {"mode": "sample", "n": n, "class": args.label if args.label is not None else
+                              ("column i = class i" if conditional_all else None)}
+        what = f"{n} samples"
+    save_grid(images, out, nrow, info, scale=args.scale)
+    print(f"wrote {out}: {what} (seed {seed})")
+    return 0
