@@ -10,7 +10,7 @@ IMGRUN := runs/demo-fashion-$(STAMP)
 PROMPTS := 西江月 破阵子 临江仙
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist chromium demo test bench clean
+.PHONY: install fashion-mnist chromium sandbox demo test bench clean
 
 $(BIN)/aigc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,19 @@ chromium:
 		else echo "warning: no apt-get; the browser test needs chromium on PATH and will be skipped"; fi; \
 	fi
 
+# The code sandbox's kernel layers: Debian's bubblewrap (namespaces) and libseccomp (the filter that
+# stops new processes). Installed where apt-get is available; without them `aigc eval --task` refuses to run
+# generated code unless told --unsafe-no-sandbox.
+sandbox:
+	@if ! command -v bwrap >/dev/null 2>&1 || ! { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q libseccomp.so.2; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+			$$SUDO apt-get install -y -q bubblewrap libseccomp2 >/dev/null 2>&1 || \
+			{ $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q bubblewrap libseccomp2 >/dev/null 2>&1; } || \
+			echo "warning: could not install bubblewrap/libseccomp2; the code sandbox will refuse to run"; \
+		else echo "warning: no apt-get; the code sandbox needs bubblewrap (bwrap) and libseccomp on this machine"; fi; \
+	fi
+
 # Fine-tune tang-base (the shipped base model) on the ci of Xin Qiji for about two minutes, then print
 # for the same prompts and seeds the ci of the base model and of the fine-tuned one; then a
 # class-conditional DCGAN on Fashion-MNIST for two minutes, and a grid of its images.
@@ -65,7 +78,7 @@ demo: install fashion-mnist
 	@echo; echo "serve both (OpenAI-compatible API and a web page on http://127.0.0.1:8000/):"; \
 		echo "  $(BIN)/aigc serve $(RUN) $(IMGRUN)"
 
-test: install fashion-mnist chromium
+test: install fashion-mnist chromium sandbox
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/python -m pytest -q
 

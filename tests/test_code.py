@@ -1,11 +1,9 @@
-"""Code: corpus reading, exact BPE, fill-in-the-middle, code stops, `aigc complete`, pass@k and the sandbox."""
+"""Code: corpus reading, exact BPE, fill-in-the-middle, code stops, `aigc complete`, pass@k (the sandbox: test_sandbox.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +15,11 @@ from aigc.data.code import read_code, read_python_stdlib
 from aigc.data.fim import FIM_TOKENS, fim_example, fim_token_ids
 from aigc.data.tokenizer import train_bpe_tokenizer
 from aigc.evaluate.code import load_problems, pass_at_k, reference_completions, score
-from aigc.errors import AigcError
-from aigc.evaluate.sandbox import check_sandbox, run_sandboxed, sandbox_info
+from aigc.evaluate.sandbox import sandbox_info
 
-# Where the kernel gives no network namespace (a container without the privilege), the tests run the
-# sandbox with its other layers, as a user would with --unsafe-allow-network; the last test checks the refusal.
-NO_NETNS = sandbox_info().netns is None
+# Where no kernel sandbox can be made (no bubblewrap, user namespaces off), the tests run the sandbox with
+# its other layers, as a user would with --unsafe-no-sandbox; tests/test_sandbox.py checks the refusal.
+NO_KERNEL = not sandbox_info().kernel
 
 
 def write(path: Path, data: bytes | str) -> None:
@@ -170,46 +167,7 @@ def test_harness_scores_canonical_solutions_all_and_empty_bodies_none(task, coun
     problems = load_problems(task)
     assert len(problems) == count
     canonical = score(problems, reference_completions(problems, "canonical"), [1], progress=False,
-                      allow_network=NO_NETNS)
+                      unsafe_no_sandbox=NO_KERNEL)
     assert canonical["solved"] == count and canonical["pass@1"] == 1.0 and canonical["syntax_valid"] == 1.0
-    empty = score(problems, reference_completions(problems, "empty"), [1], progress=False, allow_network=NO_NETNS)
+    empty = score(problems, reference_completions(problems, "empty"), [1], progress=False, unsafe_no_sandbox=NO_KERNEL)
     assert empty["solved"] == 0 and empty["pass@1"] == 0.0
-
-
-HOSTILE = {
-    "infinite loop": ("while True:\n    pass\n", "timed out after 3 s"),
-    "fork bomb": ("import os\nwhile True:\n    os.fork()\n", "os.fork is not allowed"),
-    "rm -rf": ("import os\nos.system('rm -rf {canary_dir}')\n", "os.system is not allowed"),
-    "rmtree": ("import shutil\nshutil.rmtree('{canary_dir}')\n", "outside the working directory"),
-    "write outside": ("open('{canary_dir}/pwned.txt', 'w').write('x')\n", "outside the working directory"),
-    "read outside": ("print(open('{canary}').read())\n", "outside the working directory"),
-    "20 GB": ("x = bytearray(20 * 2**30)\n", "MemoryError"),
-    "socket": ("import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=2)\n", "not allowed"),
-    "subprocess": ("import subprocess\nsubprocess.run(['rm', '-rf', '{canary_dir}'])\n", "not allowed"),
-    "ctypes": ("import ctypes\nctypes.CDLL(None).system(b'rm -rf {canary_dir}')\n", "not allowed"),
-}
-
-
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_completions_are_contained_and_reported(name, tmp_path):
-    canary_dir = tmp_path / "canary"
-    canary = canary_dir / "secret.txt"
-    write(canary, "do not touch")
-    code, reason = HOSTILE[name]
-    start = time.perf_counter()
-    result = run_sandboxed(code.format(canary_dir=canary_dir, canary=canary), timeout=3, allow_network=NO_NETNS)
-    assert not result.passed and reason in result.reason, result
-    assert canary.read_text() == "do not touch" and os.listdir(canary_dir) == ["secret.txt"]
-    assert "do not touch" not in result.stdout
-    assert time.perf_counter() - start < 15
-    assert run_sandboxed("print(sum(range(10)))\n", timeout=5, allow_network=NO_NETNS).stdout.strip() == "45"
-
-
-def test_the_sandbox_isolates_the_network_or_refuses_to_run():
-    info = sandbox_info()
-    if info.netns is None:  # no namespace: refuse unless the caller accepts the risk
-        with pytest.raises(AigcError, match="--unsafe-allow-network"):
-            check_sandbox(allow_network=False)
-        assert "NETWORK NOT ISOLATED" in check_sandbox(allow_network=True).describe()
-    else:
-        assert "new network namespace" in check_sandbox().describe()

@@ -49,8 +49,9 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-mb", dest="memory_mb", type=int, default=1024, help="address space per program")
     g.add_argument("--solutions", choices=["canonical", "empty"],
                    help="check the harness without a model: the canonical solutions or empty bodies")
-    g.add_argument("--unsafe-allow-network", dest="unsafe_allow_network", action="store_true",
-                   help="run completions even where no network namespace can be made")
+    g.add_argument("--unsafe-no-sandbox", dest="unsafe_no_sandbox", action="store_true",
+                   help="run completions even where no kernel sandbox (bubblewrap + seccomp) can be made: an "
+                   "ordinary process with limits only; never on code you would not run yourself")
     add_runtime_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -147,7 +148,7 @@ def _eval_code(args) -> int:
     if args.n < 1 or args.limit < 0 or not 0 < args.timeout <= 600 or args.memory_mb < 64:
         raise AigcError("--n must be at least 1, --limit 0 (all) or more, --timeout in (0, 600] s, --memory-mb >= 64")
     check_seed(args.seed)
-    info = check_sandbox(args.unsafe_allow_network)  # refuse before spending time on generation
+    info = check_sandbox(args.unsafe_no_sandbox)  # refuse before spending time on generation
     problems = load_problems(task)
     problems = problems[:args.limit] if args.limit else problems
     results = {"task": task}
@@ -166,7 +167,7 @@ def _eval_code(args) -> int:
             f"eval-{task}.json"
     n = len(completions[0])
     ks = [k for k in (args.k or [1, 10]) if k <= n] or [1]
-    results.update(score(problems, completions, ks, args.timeout, args.memory_mb, allow_network=args.unsafe_allow_network,
+    results.update(score(problems, completions, ks, args.timeout, args.memory_mb, unsafe_no_sandbox=args.unsafe_no_sandbox,
                          progress=not args.quiet))
     results["completions"] = completions
     write_json(out, results)

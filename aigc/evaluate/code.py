@@ -14,8 +14,9 @@ For each problem the model writes ``n`` completions of the body (code stops: the
 completion ends where a line starts at column 0). A completion is **syntactically
 valid** when ``prompt + completion`` parses with :mod:`ast` (an empty completion does: the
 docstring is a body, so the share of empty completions is reported beside it); it **passes** when
-``prompt + completion + test + check(entry_point)`` exits cleanly in the sandbox
-(:mod:`aigc.evaluate.sandbox`). pass@k is the unbiased estimator of Chen et al. 2021,
+the problem's ``check(entry_point)`` returns, run by a judge process against the completion
+loaded in the sandbox (:func:`aigc.evaluate.sandbox.run_tests`): the completion's exit status
+and output count for nothing. pass@k is the unbiased estimator of Chen et al. 2021,
 ``1 - C(n - c, k) / C(n, k)`` averaged over problems (c = passing completions).
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from aigc.errors import AigcError
-from aigc.evaluate.sandbox import check_sandbox, run_sandboxed
+from aigc.evaluate.sandbox import check_sandbox, run_tests
 
 TASKS = ("humaneval", "functions")
 FUNCTIONS = Path(__file__).parent / "functions.jsonl"
@@ -79,11 +80,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def program(problem: dict, completion: str) -> str:
-    """The program the sandbox runs: the prompt, the completion, the tests, and the call of ``check``."""
-    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
-
-
 def syntax_ok(problem: dict, completion: str) -> bool:
     """Does ``prompt + completion`` parse as Python?"""
     try:
@@ -94,15 +90,15 @@ def syntax_ok(problem: dict, completion: str) -> bool:
 
 
 def score(problems: list[dict], completions: list[list[str]], ks: list[int], timeout: float = 10.0,
-          memory_mb: int = 1024, workers: int = 2, allow_network: bool = False, progress: bool = True) -> dict:
+          memory_mb: int = 1024, workers: int = 2, unsafe_no_sandbox: bool = False, progress: bool = True) -> dict:
     """Run every completion in the sandbox; return pass@k, syntax validity and per-problem results.
 
     ``completions[i]`` are the ``n`` completions of ``problems[i]`` (same n for all).
 
     Raises:
-        AigcError: the sandbox cannot isolate the network and ``allow_network`` is False, or k > n.
+        AigcError: no kernel sandbox here and ``unsafe_no_sandbox`` is False, or k > n.
     """
-    info = check_sandbox(allow_network)
+    info = check_sandbox(unsafe_no_sandbox)
     n = len(completions[0])
     if any(len(c) != n for c in completions):
         raise AigcError("every problem needs the same number of completions")
@@ -112,8 +108,8 @@ def score(problems: list[dict], completions: list[list[str]], ks: list[int], tim
     results: dict[tuple[int, int], object] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(jobs), desc="sandbox", unit="run", disable=not progress) as bar:
-        futures = {pool.submit(run_sandboxed, program(problems[i], completions[i][j]), timeout, memory_mb,
-                               allow_network): (i, j) for i, j in jobs}
+        futures = {pool.submit(run_tests, problems[i], completions[i][j], timeout, memory_mb,
+                               unsafe_no_sandbox): (i, j) for i, j in jobs}
         for fut, key in futures.items():
             results[key] = fut.result()
             bar.update(1)

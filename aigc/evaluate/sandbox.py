@@ -1,38 +1,39 @@
-"""Run untrusted generated code in a sandbox, never in the caller's process.
+"""Run untrusted generated code in a sandbox the kernel enforces, and judge it where it cannot reach.
 
-Each program runs in its own Python process (``python -I -S -B``: no site-packages,
-no environment, no bytecode written) inside a throwaway working directory, with
-these layers, each of which alone stops some of what a hostile completion can do:
+Layers, outermost first; each stops something on its own (docs/SANDBOX.md says which stops what):
 
-1. **Time and memory.** A wall-clock timeout kills the whole process group;
-   resource limits set before the program starts: address space (``memory_mb``), CPU
-   seconds, file size (10 MB), open files (64), no core dumps, and processes (16,
-   effective for an unprivileged user).
-2. **No network.** A new network namespace (``unshare -n``; ``unshare -rn``, a user
-   namespace, for a non-root caller) where only an unconfigured loopback exists. Where
-   the kernel refuses both, :func:`check_sandbox` refuses to run unless the caller
-   passes ``allow_network=True`` (the CLI's ``--unsafe-allow-network``).
-3. **An unprivileged user.** Run as root, the program is started as ``nobody`` (via
-   ``setpriv``) when that user can reach the interpreter; file permissions then protect
-   the host. When it cannot (an interpreter under ``/root``), this layer is off and the
-   report says so.
-4. **An audit hook** (PEP 578) installed before the program runs: opening files
-   outside the working directory (reading the interpreter's own library excepted),
-   deleting, renaming or listing outside it, creating processes (fork, exec, spawn,
-   ``os.system``, subprocess), signalling other processes, sockets and ctypes are refused
-   with ``PermissionError: sandbox: ...``. PEP 578 hooks are not a security boundary on
-   their own; here they give each refusal a clear reason and back the layers above.
+1. **Bubblewrap** (Debian's ``bwrap``, the sandbox Flatpak uses): new user, PID, network, IPC,
+   UTS and cgroup namespaces. The program runs as uid 65534 with no capabilities, also when aigc
+   runs as root (the user namespace maps it); sees a filesystem of read-only system folders
+   (``/usr`` and the interpreter's prefix), an empty ``/tmp``, its own ``/proc`` and ``/dev``, and
+   one writable folder (a throwaway copy of the program); no network but a loopback of its own
+   (this machine's services are out of reach); it dies with its parent.
+2. **Seccomp** (a kernel filter built with libseccomp through ``pyseccomp``, loaded by bwrap):
+   ``fork``, ``vfork`` and ``clone`` without ``CLONE_THREAD`` fail with EPERM, so the program can
+   start threads but no process (``clone3`` answers ENOSYS so that threads fall back to ``clone``).
+3. **Resource limits** set before the program runs: address space, CPU seconds, file size
+   (10 MB), open files (64), no core dumps; a wall-clock timeout kills the sandbox.
+4. **The judge**: pass@k does not trust the program's exit status or output. The tests run in a
+   separate process (:mod:`aigc.evaluate.sandbox_child` ``judge``) that never loads the
+   completion; the entry point there is a proxy whose calls the sandboxed worker answers with
+   plain values over a pipe. A problem passes when ``check(candidate)`` returns in the judge. An
+   exit (``os._exit(0)``, ``sys.exit``, ``atexit``, a thread), a crash, a hang or a garbled answer
+   is a failure, and nothing the completion does inside its process reaches the assertions.
+5. **An audit hook** (PEP 578) in the worker, refusing with a clear reason what a completion
+   should not try (files outside its folder, processes, sockets, ctypes). Not a boundary: code in
+   the process can switch it off; the layers above hold without it.
 
-The result names why a program failed (the last line of its traceback, "timed out
-after 10 s", "killed: CPU time limit", ...). Output is captured to files, capped.
+Where bubblewrap or seccomp is missing (no ``bwrap``, user namespaces disabled, no libseccomp),
+:func:`check_sandbox` refuses to run generated code unless the caller passes
+``unsafe_no_sandbox=True`` (the CLI's ``--unsafe-no-sandbox``); then only layers 3 to 5 remain.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -41,71 +42,13 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from aigc.errors import AigcError
 
-NOBODY = "nobody"
-
-# The code that runs first in the child: limits, then the audit hook, then the program.
-RUNNER = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.argv[1])
-def limit(kind, value):
-    try:
-        resource.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
-limit(resource.RLIMIT_AS, cfg["memory_bytes"])
-limit(resource.RLIMIT_CPU, cfg["cpu_seconds"])
-limit(resource.RLIMIT_FSIZE, 10 * 2**20)
-limit(resource.RLIMIT_NOFILE, 64)
-limit(resource.RLIMIT_CORE, 0)
-if os.getuid() != 0:
-    limit(resource.RLIMIT_NPROC, 16)
-HOME = os.path.realpath(os.getcwd())
-READABLE = tuple(os.path.realpath(p) for p in cfg["readable"]) + (HOME,)
-BLOCKED = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
-           "os.kill", "os.killpg", "signal.pthread_kill", "os.setuid", "os.setgid", "os.chroot",
-           "socket.__new__", "socket.bind", "socket.connect", "socket.getaddrinfo", "socket.sendto",
-           "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function", "sys.setprofile",
-           "sys.settrace", "sys.addaudithook"}
-BLOCKED_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess", "pty", "multiprocessing"}
-PATH_EVENTS = {"os.remove", "os.rmdir", "os.rename", "shutil.rmtree", "os.chmod", "os.chown", "os.link",
-               "os.symlink", "os.truncate", "os.utime", "os.mkdir", "os.listdir", "os.scandir", "os.chdir",
-               "shutil.copyfile", "shutil.move", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod"}
-def inside(path, roots):
-    if isinstance(path, int):
-        return True  # an open file descriptor: was checked when it was opened
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    real = os.path.realpath(os.path.join(HOME, path))
-    return any(real == r or real.startswith(r + os.sep) for r in roots)
-def refuse(what):
-    raise PermissionError("sandbox: " + what)
-def hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        if path is None:
-            return
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-        if not inside(path, (HOME,) if writing else READABLE):
-            refuse(f"open({path!r}, {mode!r}) outside the working directory")
-    elif event == "import":
-        if args[0] in BLOCKED_IMPORTS:
-            refuse(f"import {args[0]} is not allowed")
-    elif event in BLOCKED or event.startswith("socket."):
-        refuse(f"{event} is not allowed")
-    elif event in PATH_EVENTS:
-        roots = READABLE if event in ("os.listdir", "os.scandir") else (HOME,)
-        paths = [a for a in args if isinstance(a, (str, bytes, os.PathLike))]
-        for p in paths:
-            if not inside(os.fspath(p), roots):
-                refuse(f"{event}({os.fspath(p)!r}) outside the working directory")
-sys.addaudithook(hook)
-del json, resource
-import runpy
-runpy.run_path("program.py", run_name="__main__")
-'''
+CHILD = Path(__file__).with_name("sandbox_child.py")
+SANDBOX_UID = 65534  # "nobody" inside the user namespace
+CLONE_THREAD = 0x00010000
 
 
 @dataclass
@@ -113,11 +56,12 @@ class SandboxResult:
     """How one program ended.
 
     Attributes:
-        passed: exit status 0 within the time limit.
-        reason: "passed", the last line of the traceback ("AssertionError", "PermissionError:
-            sandbox: ..."), "timed out after N s", or "killed: ..." for a signal.
+        passed: ``run_tests``: the tests returned in the judge; ``run_sandboxed``: exit status 0.
+        reason: "passed", the test's or program's last error line ("AssertionError",
+            "PermissionError: sandbox: ..."), "the program exited (status 0) before its tests
+            ended", "timed out after N s", or "killed: ..." for a signal.
         seconds: wall-clock time.
-        stdout, stderr: the first 10 kB of each.
+        stdout, stderr: the first 10 kB of each, from the program.
     """
 
     passed: bool
@@ -129,128 +73,274 @@ class SandboxResult:
 
 @dataclass
 class SandboxInfo:
-    """Which layers the sandbox can use on this machine."""
+    """Which kernel layers the sandbox can use on this machine.
 
-    netns: list[str] | None  # the command prefix that gives a new network namespace, or None
-    user: str | None  # "nobody" when the program runs as nobody, else None
+    Attributes:
+        bwrap: the bubblewrap executable when it runs here, else None.
+        seccomp: the seccomp filter (BPF) when it can be built here, else None.
+        missing: why a kernel layer is unavailable ("" when both are).
+    """
+
+    bwrap: str | None
+    seccomp: bytes | None
+    missing: str = ""
+
+    @property
+    def kernel(self) -> bool:
+        return self.bwrap is not None and self.seccomp is not None
 
     def describe(self) -> str:
-        net = "new network namespace" if self.netns else "NETWORK NOT ISOLATED (--unsafe-allow-network)"
-        who = f"runs as {self.user}" if self.user else "runs as the calling user"
-        return f"own process, time/memory/file limits, {net}, {who}, audit hook, throwaway working directory"
+        if self.kernel:
+            return ("bubblewrap (user, pid, network, ipc namespaces; uid 65534; read-only system view, one "
+                    "writable throwaway folder), seccomp (no new processes), time/memory/file limits, tests "
+                    "judged in a separate process, audit hook")
+        return (f"NO KERNEL SANDBOX ({self.missing}; --unsafe-no-sandbox): own process, time/memory/file "
+                "limits, tests judged in a separate process, audit hook")
 
 
-def _works(cmd: list[str]) -> bool:
+def _seccomp_filter() -> tuple[bytes | None, str]:
+    """The BPF program of layer 2, or None and why it cannot be built."""
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        import pyseccomp as sc  # imported here: optional (the `code` extra), and it loads libseccomp
+    except (ImportError, OSError) as e:
+        return None, f"no seccomp ({type(e).__name__}: {e}; pip install pyseccomp, apt-get install libseccomp2)"
+    try:
+        f = sc.SyscallFilter(sc.ALLOW)
+        for name in ("fork", "vfork"):
+            f.add_rule(sc.ERRNO(errno.EPERM), name)
+        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # flags out of reach of a filter: glibc falls back to clone
+        f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+        with tempfile.TemporaryFile() as tmp:
+            f.export_bpf(tmp)
+            tmp.seek(0)
+            return tmp.read(), ""
+    except (OSError, RuntimeError, ValueError) as e:
+        return None, f"no seccomp filter ({e})"
+
+
+def _system_binds() -> list[str]:
+    """bwrap arguments for the read-only system view: /usr, the interpreter's prefix, and /bin,
+    /lib, /lib64, /sbin as the links or folders they are here."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/lib", "/lib32", "/lib64", "/sbin"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for root in sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))}):
+        if not (root == "/usr" or root.startswith("/usr/")):
+            args += ["--ro-bind", root, root]
+    return args
+
+
+def _bwrap_prefix(bwrap: str, work: str, seccomp_fd: int) -> list[str]:
+    """The bubblewrap command up to the program: namespaces, uid, the filesystem view, the filter."""
+    return [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), *_system_binds(),
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, "/sandbox", "--chdir", "/sandbox",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+            "--seccomp", str(seccomp_fd)]
 
 
 @functools.lru_cache(maxsize=None)
 def sandbox_info() -> SandboxInfo:
-    """Probe the machine once: can we make a network namespace, and run as nobody?"""
-    root = os.geteuid() == 0
-    netns = None
-    if shutil.which("unshare"):
-        for prefix in (["unshare", "-n"], ["unshare", "-r", "-n"]) if root else (["unshare", "-r", "-n"],):
-            if _works(prefix + ["true"]):
-                netns = prefix
-                break
-    user = None
-    if root and shutil.which("setpriv"):
-        try:
-            pwd.getpwnam(NOBODY)
-            probe = subprocess.run(_as_nobody() + [sys.executable, "-I", "-S", "-c", "import sys; print(sys.base_prefix)"],
-                                   capture_output=True, text=True, timeout=20)
-            # the same interpreter, not another one found on the way (a path nobody cannot reach)
-            if probe.returncode == 0 and probe.stdout.strip() == sys.base_prefix:
-                user = NOBODY
-        except (KeyError, OSError, subprocess.TimeoutExpired):
-            pass
-    return SandboxInfo(netns, user)
+    """Probe the machine once: does bubblewrap run (user namespaces allowed), can seccomp be built?"""
+    seccomp, why = _seccomp_filter()
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return SandboxInfo(None, seccomp, "no bubblewrap (apt-get install bubblewrap)")
+    work = tempfile.mkdtemp(prefix="aigc-sandbox-probe-")
+    try:
+        probe = [bwrap, "--unshare-all", "--die-with-parent", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+                 *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--bind", work, "/sandbox",
+                 os.path.realpath(sys.executable), "-I", "-S", "-c", "import os; print(os.getuid())"]
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+        if out.returncode != 0 or out.stdout.strip() != str(SANDBOX_UID):
+            return SandboxInfo(None, seccomp, f"bubblewrap fails here ({(out.stderr.strip() or 'no output')[:200]}; "
+                                              "user namespaces may be disabled)")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return SandboxInfo(None, seccomp, f"bubblewrap fails here ({e})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return SandboxInfo(bwrap, seccomp, why)
 
 
-def _as_nobody() -> list[str]:
-    pw = pwd.getpwnam(NOBODY)
-    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
-
-
-def check_sandbox(allow_network: bool = False) -> SandboxInfo:
+def check_sandbox(unsafe_no_sandbox: bool = False) -> SandboxInfo:
     """The sandbox's layers here.
 
     Raises:
-        AigcError: no network namespace can be made and ``allow_network`` is False.
+        AigcError: no kernel sandbox can be made and ``unsafe_no_sandbox`` is False.
     """
     info = sandbox_info()
-    if info.netns is None and not allow_network:
-        raise AigcError("cannot isolate generated code from the network here (`unshare -n` and `unshare -rn` "
-                        "both fail: no privileges or user namespaces disabled); refusing to run it. Pass "
-                        "--unsafe-allow-network to run it anyway, with the other limits only")
+    if not info.kernel and not unsafe_no_sandbox:
+        raise AigcError(f"cannot sandbox generated code here: {info.missing}; refusing to run it. Pass "
+                        "--unsafe-no-sandbox to run it anyway in an ordinary process with limits only")
     return info
 
 
 def _readable_roots() -> list[str]:
     paths = sysconfig.get_paths()
-    roots = {paths["stdlib"], paths["platstdlib"], sys.base_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.realpath(sys.executable))}
-    return sorted(roots)
+    return sorted({paths["stdlib"], paths["platstdlib"], sys.base_prefix, sys.base_exec_prefix,
+                   os.path.dirname(os.path.realpath(sys.executable))})
 
 
-def run_sandboxed(program: str, timeout: float = 10.0, memory_mb: int = 1024,
-                  allow_network: bool = False) -> SandboxResult:
-    """Run Python source ``program`` in the sandbox (see the module docstring).
+class _Run:
+    """One sandboxed worker: its throwaway folder, logs, process, and the fds it was given."""
 
-    Raises:
-        AigcError: the network cannot be isolated and ``allow_network`` is False.
-    """
-    info = check_sandbox(allow_network)
-    work = tempfile.mkdtemp(prefix="aigc-sandbox-")
-    logs = tempfile.mkdtemp(prefix="aigc-sandbox-logs-")  # outside the program's reach
-    try:
-        with open(os.path.join(work, "program.py"), "w", encoding="utf-8") as f:
-            f.write(program)
-        cmd = list(info.netns or [])
-        if info.user:
-            pw = pwd.getpwnam(info.user)
-            os.chown(work, pw.pw_uid, pw.pw_gid)
-            os.chown(os.path.join(work, "program.py"), pw.pw_uid, pw.pw_gid)
-            cmd += _as_nobody()
-        cfg = {"memory_bytes": memory_mb * 2**20, "cpu_seconds": int(timeout) + 1, "readable": _readable_roots()}
-        cmd += [sys.executable, "-I", "-S", "-B", "-c", RUNNER, json.dumps(cfg)]
-        out_path, err_path = os.path.join(logs, "stdout"), os.path.join(logs, "stderr")
-        start = time.perf_counter()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True)
-            try:
-                code = proc.wait(timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # everything it started, too
-                except (ProcessLookupError, PermissionError):
-                    pass
-                code = proc.wait()
-        seconds = time.perf_counter() - start
-        stdout = _read_head(out_path)
-        stderr = _read_head(err_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(logs, ignore_errors=True)
-    if timed_out:
-        return SandboxResult(False, f"timed out after {timeout:g} s", seconds, stdout, stderr)
-    if code == 0:
-        return SandboxResult(True, "passed", seconds, stdout, stderr)
+    def __init__(self, program: str, info: SandboxInfo, cfg: dict, pass_fds: tuple[int, ...] = ()):
+        self.work = tempfile.mkdtemp(prefix="aigc-sandbox-")
+        self.logs = tempfile.mkdtemp(prefix="aigc-sandbox-logs-")  # outside the program's reach
+        os.chmod(self.work, 0o777)  # uid 65534 inside writes here (root outside maps to it only via the namespace)
+        for name, text in (("program.py", program), ("sandbox_child.py", CHILD.read_text(encoding="utf-8"))):
+            with open(os.path.join(self.work, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        self.out_path, self.err_path = os.path.join(self.logs, "stdout"), os.path.join(self.logs, "stderr")
+        python = [os.path.realpath(sys.executable), "-I", "-S", "-B", "sandbox_child.py", "worker", json.dumps(cfg)]
+        fds = list(pass_fds)
+        if info.kernel:
+            self.filter_r, filter_w = os.pipe()
+            os.write(filter_w, info.seccomp)  # a few hundred bytes: fits the pipe's buffer
+            os.close(filter_w)
+            fds.append(self.filter_r)
+            cmd, cwd = _bwrap_prefix(info.bwrap, self.work, self.filter_r) + python, self.work
+            env = None
+        else:
+            self.filter_r = None
+            cmd, cwd, env = python, self.work, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                         pass_fds=tuple(fds), start_new_session=True)
+        if self.filter_r is not None:
+            os.close(self.filter_r)
+
+    def wait(self, deadline: float) -> int | None:
+        """The exit status, or None when it is still running at ``deadline`` (``time.monotonic``)."""
+        try:
+            return self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> int:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap and everything under it (--die-with-parent)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.proc.wait()
+
+    def output(self) -> tuple[str, str]:
+        return _read_head(self.out_path), _read_head(self.err_path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.logs, ignore_errors=True)
+
+
+def _ended(code: int | None, timeout: float, stderr: str) -> str:
+    """Why a worker that stopped (exit status ``code``, None = timed out) did not pass."""
+    if code is None:
+        return f"timed out after {timeout:g} s"
     if code < 0:
         names = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "file size limit", signal.SIGKILL: "SIGKILL",
                  signal.SIGSEGV: "segmentation fault"}
-        return SandboxResult(False, f"killed: {names.get(-code, signal.Signals(-code).name)}", seconds, stdout,
-                             stderr)
+        return f"killed: {names.get(-code, signal.Signals(-code).name)}"
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    return SandboxResult(False, lines[-1][:300] if lines else f"exit status {code}", seconds, stdout, stderr)
+    if lines:
+        return lines[-1][:300]
+    return f"exit status {code}"
+
+
+def _worker_cfg(timeout: float, memory_mb: int, mode: str, entry_point: str = "") -> dict:
+    return {"memory_bytes": memory_mb * 2**20, "cpu_seconds": int(timeout) + 1, "readable": _readable_roots(),
+            "mode": mode, "entry_point": entry_point}
+
+
+def run_sandboxed(program: str, timeout: float = 10.0, memory_mb: int = 1024,
+                  unsafe_no_sandbox: bool = False) -> SandboxResult:
+    """Run Python source ``program`` to its end in the sandbox; ``passed`` is exit status 0.
+
+    This trusts the exit status: use :func:`run_tests` to score a completion against tests.
+
+    Raises:
+        AigcError: no kernel sandbox here and ``unsafe_no_sandbox`` is False.
+    """
+    info = check_sandbox(unsafe_no_sandbox)
+    start = time.monotonic()
+    run = _Run(program, info, _worker_cfg(timeout, memory_mb, "run"))
+    try:
+        code = run.wait(start + timeout)
+        run.kill()
+        stdout, stderr = run.output()
+    finally:
+        run.remove()
+    passed = code == 0
+    return SandboxResult(passed, "passed" if passed else _ended(code, timeout, stderr), time.monotonic() - start,
+                         stdout, stderr)
+
+
+def run_tests(problem: dict, completion: str, timeout: float = 10.0, memory_mb: int = 1024,
+              unsafe_no_sandbox: bool = False) -> SandboxResult:
+    """Judge ``completion`` of ``problem`` (``prompt``, ``test`` defining ``check``, ``entry_point``):
+    the worker runs ``prompt + completion`` in the sandbox and answers calls of the entry point;
+    the judge runs ``check`` on a proxy of it in its own process (layer 4 of the module docstring).
+
+    Raises:
+        AigcError: no kernel sandbox here and ``unsafe_no_sandbox`` is False.
+    """
+    info = check_sandbox(unsafe_no_sandbox)
+    start = time.monotonic()
+    requests_r, requests_w = os.pipe()  # judge -> worker
+    answers_r, answers_w = os.pipe()  # worker -> judge
+    private = tempfile.mkdtemp(prefix="aigc-judge-")  # the tests: never in the worker's view
+    run = judge = None
+    try:
+        with open(os.path.join(private, "problem.json"), "w", encoding="utf-8") as f:
+            json.dump({k: problem[k] for k in ("prompt", "test", "entry_point")}, f)
+        cfg = {**_worker_cfg(timeout, memory_mb, "serve", problem["entry_point"]), "fds": [requests_r, answers_w]}
+        run = _Run(problem["prompt"] + completion + "\n", info, cfg, (requests_r, answers_w))
+        judge = subprocess.Popen(
+            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(CHILD), "judge",
+             json.dumps({"problem": os.path.join(private, "problem.json"), "fds": [answers_r, requests_w]})],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(answers_r, requests_w), start_new_session=True)
+        for fd in (requests_r, requests_w, answers_r, answers_w):  # the children hold them now: EOF comes
+            os.close(fd)                                            # when either side ends
+        requests_r = requests_w = answers_r = answers_w = -1
+        verdict = _verdict(judge, start + timeout, timeout)
+        code = run.wait(time.monotonic() + 2.0)  # the judge closed its pipes: the worker ends and flushes its output
+        run.kill()
+        stdout, stderr = run.output()
+    finally:
+        for fd in (requests_r, requests_w, answers_r, answers_w):
+            if fd >= 0:
+                os.close(fd)
+        if judge is not None and judge.poll() is None:
+            os.killpg(judge.pid, signal.SIGKILL)
+            judge.wait()
+        if run is not None:
+            run.kill()
+            run.remove()
+        shutil.rmtree(private, ignore_errors=True)
+    reason = verdict["reason"]
+    if reason == "ended":  # the worker stopped answering: say how it ended
+        reason = "the program exited (status 0) before its tests ended" if code == 0 else _ended(code, timeout, stderr)
+    return SandboxResult(bool(verdict["passed"]), reason, time.monotonic() - start, stdout, stderr)
+
+
+def _verdict(judge: subprocess.Popen, deadline: float, timeout: float) -> dict:
+    """The judge's verdict line ``{"passed", "reason"}``; a timeout or a judge that failed is a failure."""
+    try:
+        out, err = judge.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(judge.pid, signal.SIGKILL)
+        judge.communicate()
+        return {"passed": False, "reason": f"timed out after {timeout:g} s"}
+    try:
+        verdict = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+        if isinstance(verdict, dict) and isinstance(verdict.get("reason"), str):
+            return verdict
+    except (ValueError, IndexError):
+        pass
+    return {"passed": False, "reason": f"the judge failed ({err.decode('utf-8', 'replace').strip()[-300:]})"}
 
 
 def _read_head(path: str, limit: int = 10_000) -> str:
