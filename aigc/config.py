@@ -40,7 +40,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_unicode
 from aigc.folders import tokenizer_file
 from aigc.models import IMAGE_FAMILIES, config_class, family_of
 from aigc.models.lora import LoRAConfig
@@ -122,6 +122,7 @@ class ImageDataConfig:
     image_size: int = 28  # side of the square images the model sees, in pixels
     channels: int = 1  # 1 = grayscale, 3 = RGB (every image is converted)
     resize: bool = True  # resize images of another size (false: reject them, naming the file)
+    max_image_pixels: int = 4096 * 4096  # refuse an image file declaring more pixels, before decoding it
     val_fraction: float = 0.05  # held out when the source has no test split
     split_seed: int = 1234
     prepared_dir: str = ""  # "" = prepared/<name>-<channels>x<image_size>
@@ -135,6 +136,9 @@ class ImageDataConfig:
             raise AigcError(f"data.image_size = {self.image_size}: expected a side in [8, 1024] pixels")
         if self.channels not in (1, 3):
             raise AigcError(f"data.channels = {self.channels}: expected 1 (grayscale) or 3 (RGB)")
+        if self.max_image_pixels < self.image_size ** 2:
+            raise AigcError(f"data.max_image_pixels = {self.max_image_pixels}: expected at least image_size^2 "
+                            f"({self.image_size ** 2})")
         if not 0 <= self.split_seed < 2**32:
             raise AigcError(f"data.split_seed = {self.split_seed}: expected an integer in [0, 2**32)")
         if not 0.0 < self.val_fraction < 1.0:
@@ -265,6 +269,8 @@ class SampleConfig:
                 raise AigcError(f"{name} = {getattr(self, name)}: expected -2 to 2")
         if any(not s for s in self.stop):
             raise AigcError("stop: an empty stop string would stop before the first token")
+        for i, s in enumerate(self.stop):
+            check_unicode(s, f"stop[{i}]")
         if any(not 0 <= t < 2**31 for t in self.stop_token_ids):
             raise AigcError(f"stop_token_ids = {self.stop_token_ids}: expected token ids (0 or more)")
 

@@ -9,3 +9,15 @@ Python API callers get the exception.
 
 class AigcError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+def check_unicode(text: str, what: str = "text") -> None:
+    """Raise :class:`AigcError` unless ``text`` is valid Unicode (encodable as UTF-8: no lone
+    surrogate, which JSON's ``\\ud800`` or an undecodable command-line byte produces).
+
+    The error names ``what`` and the character position."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise AigcError(f"{what}: invalid Unicode at character {e.start} (U+{ord(text[e.start]):04X}, a lone "
+                        "surrogate; text must be valid UTF-8)") from None

@@ -332,6 +332,9 @@ def test_eval_prints_named_feature_space_and_reference_rows(tmp_path):
     floor, noise, model = (rows["real train vs real test (floor)"], rows["uniform noise (ceiling)"], rows["model"])
     assert floor["fd"] < model["fd"] < noise["fd"] and floor["kid"] < model["kid"] < noise["kid"]
     assert floor["precision"] > 0.5 and floor["recall"] > 0.5 and noise["recall"] < 0.05
+    floor_line = next(line for line in out.stdout.splitlines() if line.startswith("real train vs real test"))
+    spread = floor_line.split("±")[1].split()[0]  # two significant digits however small, never "0.0000"
+    assert float(spread) == pytest.approx(floor["kid_std"], rel=0.06) and float(spread) > 0
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])

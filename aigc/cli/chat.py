@@ -45,6 +45,8 @@ def run_chat(args, overrides: list[str]) -> int:
         raise AigcError(f"{model.folder}: not a chat model (no chat_template in its tokenizer_config.json); fine-tune "
                         "one on conversations (data.format = \"chat\") or use `aigc sample`")
     settings = model.turn_end(model.settings(**sampling_overrides(args)))  # a bad flag fails before the first turn
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach the prompt check, which names them
+        sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {model.folder} ({CHAT_COMMANDS}; Ctrl-D quits)", file=sys.stderr)

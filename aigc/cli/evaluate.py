@@ -199,9 +199,10 @@ def _eval_images(model: ImageModel, cfg, args, run_dir: Path | None) -> int:
     space = res["feature_space"]
     print(f"{n:,} generated vs {res['real_samples']:,} real test images; features: {space} "
           f"(classifier test accuracy {res['classifier_test_accuracy']:.4f})")
-    print(f"{'':34s} {'FD (' + space + ')':>38s} {'KID':>16s} {'precision':>9s} {'recall':>7s}")
-    for name, r in res["rows"].items():
-        print(f"{name:34s} {r['fd']:38.3f} {r['kid']:9.4f}±{r['kid_std']:.4f} {r['precision']:9.3f} {r['recall']:7.3f}")
+    print(f"{'':34s} {'FD (' + space + ')':>38s} {'KID ± std over subsets':>24s} {'precision':>9s} {'recall':>7s}")
+    for name, r in res["rows"].items():  # the spread in 2 significant digits, however small
+        kid = f"{r['kid']:.4f}±{r['kid_std']:.2g}"
+        print(f"{name:34s} {r['fd']:38.3f} {kid:>24s} {r['precision']:9.3f} {r['recall']:7.3f}")
     if "class_accuracy" in res:
         print(f"classifier accuracy on generated images, per class (mean {res['class_accuracy_mean']:.3f}; "
               f"chance {1 / len(res['class_accuracy']):.2f}):")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -29,6 +30,9 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and "
                    "/detokenize; the page, /health and /metrics stay open (default: $AIGC_API_KEY; none = open)")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (scheme://host[:port], or * for any) call the API from a "
+                   "browser; repeatable (default: none)")
     add_runtime_flags(p)
     p.add_argument("--log-level", dest="log_level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level; "
@@ -84,6 +88,10 @@ def run_serve(args, overrides: list[str]) -> int:
     if not 0 <= args.port <= 65535:
         raise AigcError(f"--port {args.port}: expected 0 to 65535")
     api_key = _api_key(args.api_key)
+    for origin in args.cors_origins:
+        if origin != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+            raise AigcError(f"--cors-origin {origin!r}: expected scheme://host[:port] (e.g. https://app.example, "
+                            "no path or trailing slash), or *")
     limits = ServeLimits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n,
                          max_images=args.max_images, max_body_bytes=args.max_body_bytes,
                          max_active=args.max_active, max_queued=args.max_queued, max_batch=args.max_batch)
@@ -96,7 +104,7 @@ def run_serve(args, overrides: list[str]) -> int:
         loopback = args.host == "localhost"
     if not loopback and api_key is None:
         warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach this port can use it")
-    app = create_app(models, api_key, limits)
+    app = create_app(models, api_key, limits, args.cors_origins)
     print(f"aigc serving {', '.join(models)} at http://{args.host}:{args.port}/ "
           f"(API under /v1{', key required' if api_key else ''}; Ctrl-C stops)", file=sys.stderr)
     try:

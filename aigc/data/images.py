@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from aigc.atomic import atomic_dir, read_json, write_json
 from aigc.errors import AigcError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MAX_IMAGE_PIXELS = 4096 * 4096  # the default of data.max_image_pixels: images are read into 28 to 1024 pixels
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 IMAGE_DATASETS = {
@@ -139,23 +140,45 @@ def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarr
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
-def read_image_file(path: Path, channels: int, size: int, resize: bool) -> np.ndarray:
-    """One image file -> uint8 ``(channels, size, size)`` (see :func:`to_array`).
+def _open_header(path: Path):
+    """``Image.open`` (which reads the header only) with Pillow's own pixel guard off: the caller
+    checks the declared size against its limit before anything is decoded."""
+    guard = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+
+
+def read_image_file(path: Path, channels: int, size: int, resize: bool,
+                    max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """One image file -> uint8 ``(channels, size, size)`` (see :func:`to_array`), turned upright as
+    its EXIF orientation says (a phone's photo taken sideways is stored sideways).
+
+    Args:
+        max_pixels: refuse an image declaring more pixels than this, before decoding it (a
+            decompression bomb declares 30000x30000 in a few bytes).
 
     Raises:
-        AigcError: the file cannot be decoded as an image (named), or has another size and
-            ``resize`` is False.
+        AigcError: over ``max_pixels`` (the declared size named), a file that cannot be decoded
+            as an image (named), or another size and ``resize`` is False.
     """
     try:
-        with Image.open(path) as img:
+        with _open_header(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise AigcError(f"{path}: declares {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                                "(data.max_image_pixels); shrink it first, or raise the limit if you trust it")
             img.load()
-            return to_array(img, channels, size, resize, str(path))
+            return to_array(ImageOps.exif_transpose(img), channels, size, resize, str(path))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise AigcError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
 
 
-def read_image_folder(folder: Path, channels: int, size: int, resize: bool, progress: bool = True):
+def read_image_folder(folder: Path, channels: int, size: int, resize: bool, progress: bool = True,
+                      max_pixels: int = MAX_IMAGE_PIXELS):
     """Every image under ``folder`` -> (uint8 (N, C, H, W), labels or None, class names).
 
     Raises:
@@ -168,7 +191,7 @@ def read_image_folder(folder: Path, channels: int, size: int, resize: bool, prog
     labelled = classes and all(len(p.relative_to(folder).parts) > 1 for p in files)
     out = np.empty((len(files), channels, size, size), np.uint8)
     for i, p in enumerate(tqdm(files, desc="images", unit="img", disable=not progress, file=sys.stderr)):
-        out[i] = read_image_file(p, channels, size, resize)
+        out[i] = read_image_file(p, channels, size, resize, max_pixels)
     labels = np.array([classes.index(p.relative_to(folder).parts[0]) for p in files], np.int64) if labelled else None
     return out, labels, (classes if labelled else [])
 
@@ -301,7 +324,7 @@ def load_source(cfg, progress: bool = True):
         elif fmt == "folder":
             if not path.is_dir():
                 raise AigcError(f"{path}: data.format = 'folder' needs a folder of images")
-            x, y, classes = read_image_folder(path, cfg.channels, cfg.image_size, resize, progress)
+            x, y, classes = read_image_folder(path, cfg.channels, cfg.image_size, resize, progress, cfg.max_image_pixels)
             splits = {"train": (x, y)}
         else:
             splits = {"train": read_array_file(path, cfg.channels, cfg.image_size, resize)}

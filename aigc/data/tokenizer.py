@@ -24,7 +24,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from aigc.atomic import read_json, write_json, write_text
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_unicode
 from aigc.folders import tokenizer_file
 
 DOC_TOKEN = "<|endoftext|>"
@@ -67,7 +67,9 @@ class Tokenizer:
         return self.tk.get_vocab_size()
 
     def check_text(self, text: str, what: str = "prompt") -> None:
-        """Raise :class:`AigcError` if ``text`` has a character a char tokenizer cannot encode."""
+        """Raise :class:`AigcError` if ``text`` is not valid Unicode (a lone surrogate), or has a
+        character a char tokenizer cannot encode. Every text reaches the tokenizer through here."""
+        check_unicode(text, what)
         if self.kind != "char":
             return
         for ch in self._without_specials(text):

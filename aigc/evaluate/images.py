@@ -17,6 +17,8 @@ All functions take features ``(N, D)`` (torch or numpy) and return Python floats
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -45,8 +47,18 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 
 
 def frechet_distance_features(real, fake) -> float:
-    """Fréchet distance between Gaussians fitted (mean, unbiased covariance) to two feature sets ``(N, D)``."""
+    """Fréchet distance between Gaussians fitted (mean, unbiased covariance) to two feature sets ``(N, D)``.
+
+    Warns (``UserWarning``) when either set has fewer samples than feature dimensions: its
+    covariance is then singular and the distance biased upwards and unstable (Chong & Forsyth
+    2020 measure the bias of FID at small N).
+    """
     a, b = _np(real), _np(fake)
+    for name, x in (("real", a), ("generated", b)):
+        if len(x) < x.shape[1]:
+            warnings.warn(f"FD from {len(x)} {name} samples in {x.shape[1]} feature dimensions: fewer samples than "
+                          "dimensions give a singular covariance and a biased, unstable distance; use at least "
+                          f"{x.shape[1]}", stacklevel=2)
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 

@@ -128,6 +128,26 @@ class TextModel:
         this cannot encode into ``limit`` tokens or fewer."""
         return max(map(len, self.token_texts)) or 1
 
+    @functools.cached_property
+    def token_bytes(self) -> list[bytes] | None:
+        """The bytes of every token id (special tokens: none, as decoding skips them) for byte-level
+        BPE and character tokenizers; None for others (then text comes from the tokenizer's decoder)."""
+        tk = self.tokenizer.tk
+        added = tk.get_added_tokens_decoder()  # id -> AddedToken: plain text, never byte-mapped
+        byte_level = type(tk.decoder).__name__ == "ByteLevel"
+        if not byte_level and self.tokenizer.kind != "char":
+            return None
+        table = _byte_level_table() if byte_level else {}
+        out = [b""] * self.model.config.vocab_size
+        for token, i in tk.get_vocab().items():
+            if i >= len(out) or (i in added and added[i].special):
+                continue
+            if i in added or not byte_level:
+                out[i] = token.encode("utf-8")
+            else:
+                out[i] = bytes(table[c] for c in token if c in table)
+        return out
+
     # ------------------------------------------------------------ 1. settings
     def settings(self, base: SampleConfig | None = None, **overrides) -> SampleConfig:
         """``base`` (default: the model's defaults) with every override that is not None replaced.
@@ -255,7 +275,9 @@ class TextModel:
         stop_ids = set(settings.stop_token_ids)
         if settings.stop_at_document_end:
             stop_ids.add(self.tokenizer.eot_id)
+        by_bytes = self.token_bytes is not None
         tokens: list[list[int]] = [[] for _ in range(n)]
+        raw = [bytearray() for _ in range(n)] if by_bytes else [None] * n  # each sample's bytes so far
         emitted = [0] * n  # characters of each sample already yielded
         finish: list[str | None] = [None] * n
         hold = max((len(s) for s in settings.stop), default=1) - 1  # text that could still start a stop string
@@ -272,10 +294,9 @@ class TextModel:
                 for i, tok in enumerate(nxt.tolist()):
                     if finish[i]:
                         continue
-                    text, finish[i] = self._advance(tokens[i], tok, stop_ids, settings, prompt, step)
-                    safe = len(text) if finish[i] else len(text) - hold
-                    while not finish[i] and safe > emitted[i] and text[safe - 1] == "\ufffd":
-                        safe -= 1  # an incomplete UTF-8 sequence
+                    text, finish[i] = self._advance(tokens[i], raw[i], tok, stop_ids, settings, prompt, step)
+                    complete = len(text) if by_bytes or finish[i] else len(text.rstrip("\ufffd"))  # decoded so far
+                    safe = complete if finish[i] else complete - hold  # what no stop string can still take back
                     if safe > emitted[i]:
                         pieces[i] = text[emitted[i]:safe]
                         emitted[i] = safe
@@ -285,15 +306,23 @@ class TextModel:
         finally:
             source.close()
 
-    def _advance(self, tokens: list[int], tok: int, stop_ids: set[int], settings: SampleConfig, prompt: Prompt,
-                 step: int) -> tuple[str, str | None]:
-        """Add token ``tok`` to one sample's ``tokens`` (in place); return its text so far (cut at a
-        stop) and its finish reason (None while it runs)."""
+    def _advance(self, tokens: list[int], raw: bytearray | None, tok: int, stop_ids: set[int],
+                 settings: SampleConfig, prompt: Prompt, step: int) -> tuple[str, str | None]:
+        """Add token ``tok`` to one sample (``tokens`` and its bytes ``raw``, in place); return its
+        text so far, cut at a stop, and its finish reason (None while it runs).
+
+        The text is the UTF-8 decoding of the sample's bytes with invalid bytes dropped and an
+        incomplete character at the end left out until its bytes arrive (at the end of the sample
+        it is dropped): no U+FFFD is ever made up. Tokenizers whose tokens are not bytes or
+        characters (``token_bytes`` None) decode through their own decoder instead; a U+FFFD it
+        makes at the very end is dropped when the sample ends."""
         drop = len(prompt.healed)
         if tok in stop_ids:
-            return self.tokenizer.decode(tokens)[drop:], "stop"
+            return self._decoded(tokens, raw, True)[drop:], "stop"
         tokens.append(tok)
-        text = self.tokenizer.decode(tokens)[drop:]
+        if raw is not None:
+            raw += self.token_bytes[tok] if tok < len(self.token_bytes) else b""
+        text = self._decoded(tokens, raw, False)[drop:]
         cut = min((text.find(s) for s in settings.stop if s in text), default=-1)
         if settings.code_stops:
             end = code_end(text, prompt.line_start)
@@ -301,7 +330,15 @@ class TextModel:
                 cut = end
         if cut >= 0:
             return text[:cut], "stop"
-        return text, "length" if step == settings.max_new_tokens - 1 else None
+        if step == settings.max_new_tokens - 1:
+            return (text if raw is not None else text.rstrip("\ufffd")), "length"
+        return text, None
+
+    def _decoded(self, tokens: list[int], raw: bytearray | None, final: bool) -> str:
+        if raw is not None:
+            return raw.decode("utf-8", errors="ignore")
+        text = self.tokenizer.decode(tokens)
+        return text.rstrip("\ufffd") if final else text
 
     # ------------------------------------------------------------ the Python API
     def stream_batch(self, prompt: str, n: int = 1, seed: int | None = None, suffix: str | None = None,
@@ -355,3 +392,19 @@ def code_end(text: str, line_start: bool = False) -> int:
 
 
 _DEDENT = re.compile(r"\n(?=\S)")
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_level_table() -> dict[str, int]:
+    """Character -> byte of the byte-level BPE alphabet (Radford et al. 2019, GPT-2): the printable
+    Latin-1 bytes stand for themselves, the other 68 bytes for U+0100 onwards, in byte order."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("\u00a1"), ord("\u00ac") + 1)) | \
+        set(range(ord("\u00ae"), ord("\u00ff") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table

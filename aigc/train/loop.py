@@ -52,6 +52,7 @@ from aigc.formats.model_folder import load_model_folder, read_model_config
 from aigc.models import build_model, family_of
 from aigc.models.lora import add_lora
 from aigc.runtime import autocast, pick_device, set_threads
+from aigc.train.lock import RunLock
 from aigc.train.plot import plot_losses
 from aigc.train.tasks import make_task
 from aigc.version import __version__
@@ -404,6 +405,15 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
         AigcError: an existing run without ``resume``, a mismatched run with it, or bad data.
         KeyboardInterrupt: stopped by Ctrl-C or SIGTERM, after writing a checkpoint.
     """
+    run_dir = Path(cfg.train.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AigcError(f"{run_dir}: train.out_dir is a file, expected a folder for the run")
+    with RunLock(run_dir):  # one writer per run folder, taken before anything is written
+        return _train(cfg, resume, progress, argv)
+
+
+def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None) -> Path:
+    """:func:`train` with the run folder locked."""
     # 1. the run folder, its latest checkpoint, the device (an impossible dtype fails before anything is written)
     run_dir, ckpt, saved = _open_run(cfg, resume)
     device = pick_device(cfg.train.device)
