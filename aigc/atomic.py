@@ -33,7 +33,7 @@ def _umask() -> int:
 _UMASK = _umask()  # temp files are created 0600; the final files get the usual permissions
 
 
-def _check_target(path: Path, folder: bool) -> None:
+def check_target(path: Path, folder: bool = False) -> None:
     """Refuse to replace what is not ours to replace: a symbolic link (whatever it points at), a
     device, a FIFO or a socket, or a folder where a file goes (and a file where a folder goes).
 
@@ -83,7 +83,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             write failed (disk full, file-size limit, permission), naming ``path`` and the cause.
     """
     path = Path(path)
-    _check_target(path, folder=False)
+    check_target(path, folder=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -95,7 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # writers that replace the file (safetensors) create it 0600
-        _check_target(path, folder=False)  # nothing was put there meanwhile
+        check_target(path, folder=False)  # nothing was put there meanwhile
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -128,7 +128,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             failed (disk full, file-size limit, permission), naming ``path`` and the cause.
     """
     path = Path(path)
-    _check_target(path, folder=True)
+    check_target(path, folder=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -140,7 +140,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         for f in tmp.rglob("*"):  # files some writers create 0600 (safetensors) get the usual permissions
             if f.is_file():
                 os.chmod(f, 0o666 & ~_UMASK)
-        _check_target(path, folder=True)
+        check_target(path, folder=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

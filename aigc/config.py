@@ -160,7 +160,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; float16 only on CUDA)
     threads: int = 0  # torch CPU threads; 0 = all available cores
-    batch_size: int = 32  # sequences per micro-batch
+    batch_size: int = 32  # sequences (or images) per micro-batch, per rank under torchrun
+    global_batch: int = 0  # > 0: the global batch (per-rank batch x ranks x grad_accum); batch_size is derived
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 2000  # optimizer steps
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit)
@@ -201,6 +202,9 @@ class TrainConfig:
                             f"{os.cpu_count() or 1} cores")
         if not 0 <= self.min_lr <= self.lr:
             raise AigcError(f"train.min_lr = {self.min_lr}: expected 0 <= min_lr <= lr ({self.lr})")
+        if self.global_batch < 0:
+            raise AigcError(f"train.global_batch = {self.global_batch}: expected 0 (batch_size per rank) or a positive "
+                            "number of sequences")
         if self.seq_len < 0:
             raise AigcError(f"train.seq_len = {self.seq_len}: expected 0 (the model's context) or a positive length")
         if self.lora_rank < 0:

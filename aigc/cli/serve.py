@@ -104,7 +104,8 @@ def run_serve(args, overrides: list[str]) -> int:
         loopback = args.host == "localhost"
     if not loopback and api_key is None:
         warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach this port can use it")
-    app = create_app(models, api_key, limits, args.cors_origins)
+    hosts = ["127.0.0.1", "localhost", "::1", "[::1]", args.host] if loopback else None  # no DNS rebinding
+    app = create_app(models, api_key, limits, args.cors_origins, hosts)
     print(f"aigc serving {', '.join(models)} at http://{args.host}:{args.port}/ "
           f"(API under /v1{', key required' if api_key else ''}; Ctrl-C stops)", file=sys.stderr)
     try:

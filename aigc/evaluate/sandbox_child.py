@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-MAX_LINE = 32 * 2**20  # bytes of one message at most
+MAX_LINE = 4 * 2**20  # bytes of one message at most (the judge decodes it: keep it small)
 MAX_DEPTH = 100  # nesting of one value at most
 
 
@@ -235,11 +235,13 @@ class Remote:
             reply = self.channel.receive()
             if reply is None:
                 raise ProgramEnded("the program ended before its tests did")
-            if "raised" in reply:
-                raise _exception(str(reply["raised"]), str(reply.get("message", "")))
-            return decode(reply["value"])
-        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raised = str(reply["raised"]) if "raised" in reply else None
+            value = decode(reply["value"]) if raised is None else None
+        except (ValueError, KeyError, TypeError, RecursionError, MemoryError) as e:
             raise ProgramEnded(f"the program sent something that is not an answer ({type(e).__name__})") from None
+        if raised is not None:  # the candidate's own exception, for the test to catch or fail on
+            raise _exception(raised, str(reply.get("message", "")))
+        return value
 
 
 def _exception(name: str, message: str) -> Exception:

@@ -45,6 +45,7 @@ from aigc.models.transformer import GPT, GPTConfig
 
 SUPPORTED = ("gpt2", "llama", "qwen2")
 INDEX = "model.safetensors.index.json"
+EXPORT_MARK = "aigc_export.json"  # in every folder aigc export writes: only such a folder is ever replaced
 
 
 # ---------------------------------------------------------------- config mapping
@@ -473,4 +474,5 @@ def export_hf(model: GPT, tokenizer, out: str | Path, dtype: str = "float32", ma
                 gen.update(temperature=generation.get("temperature"), top_p=generation.get("top_p", 1.0),
                            top_k=generation.get("top_k") or None)
         write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
+        write_json(tmp / EXPORT_MARK, {"written_by": "aigc export", "layout": layout, "dtype": dtype})
     return layout

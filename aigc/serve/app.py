@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -56,13 +57,17 @@ model_routes = APIRouter()  # /v1/models (the key when set)
 
 
 def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = None,
-               limits: ServeLimits | None = None, cors_origins: list[str] = ()) -> FastAPI:
+               limits: ServeLimits | None = None, cors_origins: list[str] = (),
+               allowed_hosts: list[str] | None = None) -> FastAPI:
     """The FastAPI app serving ``models`` (name -> loaded model).
 
     ``cors_origins``: web origins (``https://app.example``, or ``*``) whose pages may call the API
     from a browser (CORS, the Fetch standard): their preflight ``OPTIONS`` requests are answered
     without the API key, as browsers send them; the requests themselves still need it. Empty: no
     CORS headers, and a page on another origin cannot call the server.
+
+    ``allowed_hosts``: the ``Host`` headers answered (others get 400); a server on loopback takes
+    only its loopback names, so a web page cannot reach it through DNS rebinding. None: any.
 
     Args:
         api_key: when set, ``/v1/*``, ``/tokenize`` and ``/detokenize`` need ``Authorization: Bearer KEY``.
@@ -96,6 +101,8 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     app.state.served = served
     app.state.scheduler, app.state.models, app.state.metrics = scheduler, models, metrics
     app.add_middleware(Guard, max_body_bytes=limits.max_body_bytes, metrics=metrics)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     if cors_origins:  # outside the guard: a preflight is answered here, before any route or key check
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)

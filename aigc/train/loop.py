@@ -24,6 +24,7 @@ Run folder::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -52,6 +53,9 @@ from aigc.formats.model_folder import load_model_folder, read_model_config
 from aigc.models import build_model, family_of
 from aigc.models.lora import add_lora
 from aigc.runtime import autocast, pick_device, set_threads
+from aigc.train.distributed import Ranks, accumulating, agree, barrier, from_environment, per_rank_batch, wrap
+from aigc.train.distributed import start as start_ranks
+from aigc.train.distributed import stop as stop_ranks
 from aigc.train.lock import RunLock
 from aigc.train.plot import plot_losses
 from aigc.train.tasks import make_task
@@ -245,11 +249,13 @@ def _write_run_info(run_dir: Path, info: dict, resumed: bool) -> dict:
 class _Run:
     """One training run in progress: the model, its task, optimizers, loop state and outputs."""
 
-    def __init__(self, cfg: RunConfig, task, model, device: torch.device, run_dir: Path):
+    def __init__(self, cfg: RunConfig, task, model, device: torch.device, run_dir: Path, ranks: Ranks):
         t = self.t = cfg.train
         self.cfg, self.task, self.model, self.device, self.run_dir = cfg, task, model, device, run_dir
+        self.ranks = ranks
         model.to(device).train()
         self.updates = task.updates(model)
+        self.wrapped = wrap(model, self.updates, ranks, device)  # what the objectives call (DDP under torchrun)
         self.optimizers = {u.name: torch.optim.AdamW(param_groups(u.module, t.weight_decay), lr=t.lr,
                                                      betas=(t.beta1, t.beta2), fused=device.type == "cuda")
                            for u in self.updates}
@@ -272,17 +278,22 @@ class _Run:
             else:
                 self.model.load_state_dict(load_model_folder(ckpt, self.device).state_dict())
             self.state.update(load_training_state(ckpt, self.optimizers))
-            _truncate_metrics(self.metrics_path, self.state["step"])
-            print(f"resuming {self.run_dir} from {ckpt.name}", file=sys.stderr)
-        elif resume:
+            if self.ranks.main:
+                _truncate_metrics(self.metrics_path, self.state["step"])
+                print(f"resuming {self.run_dir} from {ckpt.name}", file=sys.stderr)
+        elif resume and self.ranks.main:
             _truncate_metrics(self.metrics_path, 0)
 
     def log(self, row: dict) -> None:
+        if not self.ranks.main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def evaluate(self, step: int) -> None:
-        row, message = self.task.evaluate(self.model, lambda: autocast(self.device, self.t.dtype))
+        row, message = self.task.evaluate(self.model, lambda: autocast(self.device, self.t.dtype))  # every rank
+        if not self.ranks.main:
+            return
         self.log({"step": step, **row, self.task.unit: self.state[self.task.unit],
                   "elapsed_s": self.state["elapsed_s"]})
         val = row.get("val_loss")
@@ -292,6 +303,8 @@ class _Run:
         self.bar.write(f"step {step}: {message}")
 
     def checkpoint(self, step: int) -> None:
+        if not self.ranks.main:  # the replicas are identical: rank 0 writes, with no collective needed
+            return
         self.model.eval()
         save_checkpoint(self.run_dir, self.model, self.optimizers, self.task.tokenizer, self.task.generation_config,
                         dict(self.state), self.t.keep_checkpoints)
@@ -302,11 +315,9 @@ class _Run:
         """One training step: every update (one for most families, discriminator then generator
         for a GAN) over ``grad_accum`` micro-batches. Returns the metrics row.
 
-        Raises:
-            AigcError: a loss that is not finite (nothing of this step is checkpointed).
         """
         t = self.t
-        torch.manual_seed(t.seed * 1_000_003 + step)  # dropout of this step
+        torch.manual_seed(t.seed * 1_000_003 + step + 7919 * self.ranks.rank)  # dropout of this step, per rank
         batch_gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
         row = {"step": step + 1}
         for u in self.updates:
@@ -316,11 +327,13 @@ class _Run:
             for p in self.frozen[u.name]:  # no gradients for the other optimizer's parameters in this update
                 p.requires_grad_(False)
             loss_sum, logs_sum = 0.0, {}
-            for _ in range(t.grad_accum):
+            for micro in range(t.grad_accum):
                 batch = self.task.batch(batch_gen)
-                with autocast(self.device, t.dtype):
-                    loss, logs = u.objective(self.model, batch, batch_gen)
-                self.scaler.scale(loss / t.grad_accum).backward()
+                with accumulating(self.wrapped, self.ranks, last=micro == t.grad_accum - 1):  # one sync per step
+                    with autocast(self.device, t.dtype):
+                        loss, logs = u.objective(self.wrapped if len(self.updates) == 1 else self.model, batch,
+                                                 batch_gen)
+                    self.scaler.scale(loss / t.grad_accum).backward()
                 loss_sum += loss.item()
                 for k, v in logs.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + v / t.grad_accum
@@ -334,15 +347,19 @@ class _Run:
             optimizer.zero_grad(set_to_none=True)
             row[u.loss_key] = loss_sum / t.grad_accum
             row.update(logs_sum)
-            if not math.isfinite(row[u.loss_key]):
-                self.bar.close()
-                what = {"d_loss": "discriminator loss", "g_loss": "generator loss"}.get(u.loss_key, "training loss")
-                raise AigcError(f"the {what} became {row[u.loss_key]} at step {step + 1}; "
-                                f"no checkpoint written (a lower train.lr than {t.lr} usually helps); the last "
-                                "good checkpoint is kept")
         self.scaler.update()
         self.task.after_step(self.model)
         return row
+
+    def check_finite(self, row: dict, step: int) -> None:
+        """Raises AigcError when a loss (agreed by every rank) is not finite: nothing of this step is
+        checkpointed, and the last good checkpoint stays ``latest``."""
+        for u in self.updates:
+            if not math.isfinite(row[u.loss_key]):
+                self.bar.close()
+                what = {"d_loss": "discriminator loss", "g_loss": "generator loss"}.get(u.loss_key, "training loss")
+                raise AigcError(f"the {what} became {row[u.loss_key]} at step {step}; no checkpoint written (a "
+                                f"lower train.lr than {self.t.lr} usually helps); the last good checkpoint is kept")
 
     def run(self, progress: bool) -> bool:
         """Train from the restored step to ``max_steps`` (or the time limit, or Ctrl-C); evaluate,
@@ -356,21 +373,28 @@ class _Run:
         start_time = time.time() - state["elapsed_s"]
         start_cpu = time.process_time() - state.get("cpu_s", 0.0)
         limit_s = t.max_minutes * 60
-        self.bar = bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress,
-                              dynamic_ncols=True, file=sys.stderr)
+        self.bar = bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step",
+                              disable=not progress or not self.ranks.main, dynamic_ncols=True, file=sys.stderr)
         window_items, window_start = 0, time.time()
         with _StopFlag() as stop:
             while step < t.max_steps:
                 elapsed = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
+                (elapsed,), _ = agree([elapsed], [], self.ranks)  # every rank the same limit and learning rate
                 if limit_s and elapsed >= limit_s:  # 1)
-                    bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}")
+                    if self.ranks.main:
+                        bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}")
                     break
                 progress_frac = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)  # 2)
                 if limit_s:
                     progress_frac = max(progress_frac, elapsed / limit_s)
                 lr = lr_at(progress_frac, step, t)
                 row = self.optimizer_step(step, lr)  # 3)
+                keys = [u.loss_key for u in self.updates]
+                losses, (stopped,) = agree([row[k] for k in keys], [stop.set], self.ranks)  # the ranks' mean
+                row.update(zip(keys, losses))
+                stop.set = stopped
                 step += 1
+                self.check_finite(row, step)
                 state["step"], state[unit] = step, state[unit] + items_per_step
                 state["elapsed_s"], state["cpu_s"] = time.time() - start_time, time.process_time() - start_cpu
                 window_items += items_per_step
@@ -408,35 +432,50 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
     run_dir = Path(cfg.train.out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise AigcError(f"{run_dir}: train.out_dir is a file, expected a folder for the run")
-    with RunLock(run_dir):  # one writer per run folder, taken before anything is written
-        return _train(cfg, resume, progress, argv)
+    ranks = from_environment()  # torchrun: this process's rank; otherwise one process
+    lock = RunLock(run_dir) if ranks.main else contextlib.nullcontext()
+    try:
+        with lock:  # one writer per run folder (rank 0 under torchrun), taken before anything is written
+            return _train(cfg, resume, progress, argv, ranks)
+    finally:
+        stop_ranks(ranks)
 
 
-def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None) -> Path:
+def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None, ranks: Ranks) -> Path:
     """:func:`train` with the run folder locked."""
     # 1. the run folder, its latest checkpoint, the device (an impossible dtype fails before anything is written)
     run_dir, ckpt, saved = _open_run(cfg, resume)
-    device = pick_device(cfg.train.device)
+    device = start_ranks(ranks, pick_device(cfg.train.device))
     autocast(device, cfg.train.dtype)
-    # 2. the data (prepared on demand) and the model: a base to fine-tune, LoRA adapters, or fresh weights
+    cfg.train.batch_size = per_rank_batch(cfg.train, ranks)
+    # 2. the data (prepared on demand, by rank 0 first) and the model: a base to fine-tune, LoRA, or fresh weights
     base_folder = use_base_tokenizer(cfg)
-    task = make_task(cfg, device, progress)
+    if not ranks.main:
+        barrier(ranks)  # rank 0 prepares the data; the others then read it
+    task = make_task(cfg, device, progress and ranks.main, ranks)
+    if ranks.main:
+        barrier(ranks)
     set_threads(cfg.train.threads, "train.threads")
     model, lora = _model_for(cfg, task, run_dir, ckpt, saved, base_folder)
     # 3. optimizers and loop state, restored from the checkpoint when resuming
-    run = _Run(cfg, task, model, device, run_dir)
+    run = _Run(cfg, task, model, device, run_dir, ranks)
     run.restore(ckpt, lora, resume)
-    # 4. the run folder's config and run.json
+    if not ranks.main:
+        return run_dir if ckpt is not None and run.state["step"] >= cfg.train.max_steps else _follow(run, progress)
+    # 4. the run folder's config and run.json (rank 0)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", cfg.to_toml())
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
     _write_run_info(run_dir, {"seed": cfg.train.seed, "command": argv or sys.argv, "device": str(device),
                               "prepared_data": str(task.data.folder), "data_meta": task.data.meta, **environment(),
-                              "parameters": n_params, "trainable_parameters": n_train}, resumed=ckpt is not None)
+                              "parameters": n_params, "trainable_parameters": n_train, "ranks": ranks.world},
+                    resumed=ckpt is not None)
     trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else ""
+    ranks_note = f" on each of {ranks.world} ranks (global batch {cfg.train.batch_size * ranks.world * cfg.train.grad_accum})" \
+        if ranks.active else ""
     print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "
-          f"{task.items_per_step():,} {task.unit}/step, device {device}", file=sys.stderr)
+          f"{task.items_per_step():,} {task.unit}/step, device {device}{ranks_note}", file=sys.stderr)
     # 5. the loop
     step, t = run.state["step"], cfg.train
     if ckpt is not None and step >= t.max_steps:
@@ -448,3 +487,10 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None)
               file=sys.stderr)
         raise KeyboardInterrupt
     return run_dir
+
+
+def _follow(run: _Run, progress: bool) -> Path:
+    """A rank other than 0: train in step with rank 0, writing nothing."""
+    if run.run(progress):
+        raise KeyboardInterrupt
+    return run.run_dir

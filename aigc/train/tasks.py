@@ -30,6 +30,7 @@ from aigc.evaluate.images import frechet_distance_features
 from aigc.generate.images import save_grid
 from aigc.generate.text import TextModel
 from aigc.train import objectives
+from aigc.train.distributed import Ranks, total
 
 
 @dataclass
@@ -42,10 +43,18 @@ class Update:
     loss_key: str = "train_loss"  # the metrics key of its loss
 
 
-def make_task(cfg, device, progress: bool = True):
-    """The task of ``cfg``: :class:`TextTask` or :class:`ImageTask`."""
+def make_task(cfg, device, progress: bool = True, ranks: Ranks = Ranks()):
+    """The task of ``cfg``: :class:`TextTask` or :class:`ImageTask` (under torchrun: this rank's share)."""
     data = ensure_prepared(cfg, progress)
-    return ImageTask(cfg, data, device) if cfg.is_image else TextTask(cfg, data, device)
+    return (ImageTask if cfg.is_image else TextTask)(cfg, data, device, ranks)
+
+
+def _my_slice(ranks: Ranks, x):
+    """This rank's rows of a global batch (every rank drew the same one)."""
+    if x is None or not ranks.active:
+        return x
+    n = len(x) // ranks.world
+    return x[ranks.rank * n:(ranks.rank + 1) * n]
 
 
 class TextTask:
@@ -53,8 +62,8 @@ class TextTask:
 
     unit = "tokens"
 
-    def __init__(self, cfg, data, device):
-        self.cfg, self.data, self.device = cfg, data, device
+    def __init__(self, cfg, data, device, ranks: Ranks = Ranks()):
+        self.cfg, self.data, self.device, self.ranks = cfg, data, device, ranks
         self.tokenizer = data.tokenizer
         self.generation_config = dataclasses.asdict(cfg.sample)
         self.tpc = data.tokens_per_char("val")
@@ -81,7 +90,7 @@ class TextTask:
 
     def items_per_step(self) -> int:
         t = self.cfg.train
-        return t.batch_size * t.grad_accum * self.seq_len
+        return t.batch_size * t.grad_accum * self.seq_len * self.ranks.world
 
     def describe(self) -> str:
         return f"{self.data.meta['splits']['train']['tokens']:,} train tokens"
@@ -90,7 +99,11 @@ class TextTask:
         return [Update("model", model, lambda m, b, g: objectives.lm_loss(m, b))]
 
     def batch(self, gen: torch.Generator, split: str = "train"):
-        x, y = self.data.batch(split, self.cfg.train.batch_size, self.seq_len, gen)
+        """A micro-batch ``(x, y)``: the global batch drawn from ``gen``, this rank's slice of it for
+        training, all of it for evaluation (the ranks share out whole batches)."""
+        x, y = self.data.batch(split, self.cfg.train.batch_size * self.ranks.world, self.seq_len, gen)
+        if split == "train":
+            x, y = _my_slice(self.ranks, x), _my_slice(self.ranks, y)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def after_step(self, model) -> None:
@@ -101,18 +114,22 @@ class TextTask:
         model.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 1)
         losses, counts = [], []
-        for _ in range(self.cfg.train.eval_batches):
-            batch = self.batch(gen, "val")
+        for i in range(self.cfg.train.eval_batches):
+            batch = self.batch(gen, "val")  # every rank draws every batch; batch i is scored by rank i % ranks
+            if i % self.ranks.world != self.ranks.rank:
+                continue
             with autocast():
                 loss, _ = objectives.lm_loss(model, batch)
             losses.append(loss.item())
             counts.append(int((batch[1] != objectives.IGNORE_INDEX).sum()))
         model.train()
+        loss_sum, batches, weighted, targets = total(
+            [sum(losses), len(losses), sum(l * n for l, n in zip(losses, counts)), sum(counts)], self.ranks)
         masked = getattr(self.data, "masks", None) is not None  # chat data: assistant tokens only
         if not masked:
-            val = sum(losses) / len(losses)
+            val = loss_sum / batches
         else:  # chat: batches hold different numbers of assistant tokens; weigh each by its count
-            val = sum(l * n for l, n in zip(losses, counts)) / max(sum(counts), 1)
+            val = weighted / max(targets, 1)
         row = {"val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpc": bits_per_char(val, self.tpc)}
         message = f"val loss {val:.4f}, perplexity {row['val_ppl']:.2f}, bits/char {row['val_bpc']:.4f}"
         if masked:
@@ -139,8 +156,8 @@ class ImageTask:
 
     unit = "images"
 
-    def __init__(self, cfg, data, device):
-        self.cfg, self.data, self.device = cfg, data, device
+    def __init__(self, cfg, data, device, ranks: Ranks = Ranks()):
+        self.cfg, self.data, self.device, self.ranks = cfg, data, device, ranks
         self.tokenizer = None
         self.generation_config = None
         self._val_features = None  # classifier features of the val images the GAN's FD is measured against
@@ -173,7 +190,7 @@ class ImageTask:
                 "the data's; resume with the run's own data")
 
     def items_per_step(self) -> int:
-        return self.cfg.train.batch_size * self.cfg.train.grad_accum
+        return self.cfg.train.batch_size * self.cfg.train.grad_accum * self.ranks.world
 
     def describe(self) -> str:
         c, h, w = self.data.shape
@@ -191,7 +208,9 @@ class ImageTask:
         return y.to(self.device) if (y is not None and self.cfg.model.conditional) else None
 
     def batch(self, gen: torch.Generator, split: str = "train"):
-        x, y = self.data.batch(split, self.cfg.train.batch_size, gen)
+        x, y = self.data.batch(split, self.cfg.train.batch_size * (self.ranks.world if split == "train" else 1), gen)
+        if split == "train":
+            x, y = _my_slice(self.ranks, x), _my_slice(self.ranks, y)
         return x.to(self.device, non_blocking=True), self._labels(y)
 
     def after_step(self, model) -> None:
