@@ -328,6 +328,8 @@ def _ended(code: int | None, timeout: float, stderr: str) -> str:
     """Why a worker that stopped (exit status ``code``, None = timed out) did not pass."""
     if code is None:
         return f"timed out after {timeout:g} s"
+    if 128 < code < 128 + 65:  # bubblewrap's status for a program killed by a signal
+        code = -(code - 128)
     if code < 0:
         names = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "file size limit", signal.SIGKILL: "SIGKILL",
                  signal.SIGSEGV: "segmentation fault"}
