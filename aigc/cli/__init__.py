@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -57,7 +58,17 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the `aigc` command; return the exit status."""
+    """Run the `aigc` command; return the exit status. Under torchrun the process ends here, without
+    the interpreter's teardown, where gloo's threads can abort it after a finished run."""
+    status = _main(argv)
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, parsers = build_parser([a for a in argv if a in COMMANDS][:1])  # the verb is the first such word
     args, extra = parser.parse_known_args(argv)

@@ -72,7 +72,12 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
 
 
 def stop(ranks: Ranks) -> None:
+    """Leave the process group once every rank is done with its collectives."""
     if ranks.active and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass  # a rank that failed has left already: nothing to wait for
         dist.destroy_process_group()
 
 
