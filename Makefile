@@ -10,7 +10,7 @@ IMGRUN := runs/demo-fashion-$(STAMP)
 PROMPTS := 西江月 破阵子 临江仙
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist chromium sandbox demo test bench clean
+.PHONY: install fashion-mnist chromium sandbox llamacpp demo test bench clean
 
 $(BIN)/aigc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ demo: install fashion-mnist
 	@echo "one column per class: $(IMGRUN)/grid.png (training curves: $(IMGRUN)/loss.png, grids over time: $(IMGRUN)/samples/)"
 	@echo; echo "serve both (OpenAI-compatible API and a web page on http://127.0.0.1:8000/):"; \
 		echo "  $(BIN)/aigc serve $(RUN) $(IMGRUN)"
+
+# llama.cpp's Python binding, built from source (10 to 20 minutes on 2 cores): the GGUF tests then run
+# our exports in llama.cpp itself instead of skipping that part. Not part of `make test`.
+llamacpp: install
+	$(BIN)/pip install -q llama-cpp-python
 
 test: install fashion-mnist chromium sandbox
 	$(BIN)/pip install -q -e '.[test]'

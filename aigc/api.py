@@ -23,21 +23,26 @@ from aigc.formats.model_folder import load_model_folder
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
 from aigc.models import TEXT_FAMILIES
+from aigc.models.quant import set_inference_dtype
 from aigc.runtime import pick_device
 
 
-def load(path: str | Path, device: str = "auto") -> TextModel | ImageModel:
+def load(path: str | Path, device: str = "auto", dtype: str = "float32") -> TextModel | ImageModel:
     """Load a model from a model folder, a run folder (its latest checkpoint), a Hugging Face
     folder, a LoRA adapter folder, or a shipped model's name (``tang-base``).
+
+    ``dtype``: the weights for inference, ``float32``, ``bfloat16``, ``float16`` (CUDA) or
+    ``int8`` (weight-only, per output channel; the gpt family), see :mod:`aigc.models.quant`.
 
     Returns a :class:`~aigc.generate.text.TextModel` for ``gpt``/``lstm`` and an
     :class:`~aigc.generate.images.ImageModel` for ``dcgan``/``vae``.
 
     Raises:
-        AigcError: not a model or run folder, an unknown family, or missing/corrupt files.
+        AigcError: not a model or run folder, an unknown family, missing/corrupt files, or a
+            ``dtype`` this family or device has no path for.
     """
     folder = resolve_model_folder(path)
-    model = load_model_folder(folder, pick_device(device))
+    model = set_inference_dtype(load_model_folder(folder, pick_device(device)), dtype)
     if model.family in TEXT_FAMILIES:
         return TextModel.from_folder(model, folder)
     return ImageModel(model, folder)

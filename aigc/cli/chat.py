@@ -38,7 +38,7 @@ def run_chat(args, overrides: list[str]) -> int:
     no_overrides("chat", overrides)
     threads(args.threads)
     check_seed(args.seed)
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dtype=args.dtype)
     if isinstance(model, ImageModel):
         raise AigcError(f"{args.model}: a {model.family!r} image model; chat needs a text model with a chat template")
     if model.chat is None:

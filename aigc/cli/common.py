@@ -38,8 +38,11 @@ def add_sampling_flags(p: argparse.ArgumentParser, prompt: bool = True, max_toke
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--threads``."""
+    """``--device``, ``--dtype`` and ``--threads``."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", metavar="DTYPE",
+                   help="weights for inference: float32 (default), bfloat16, float16 (CUDA), or int8 "
+                   "(weight-only, per output channel; gpt models)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
 
 

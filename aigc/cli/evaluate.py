@@ -69,7 +69,7 @@ def run_eval(args, overrides: list[str]) -> int:
     check_seed(args.seed)
     if args.out and Path(args.out).is_dir():
         raise AigcError(f"--out {args.out}: is a folder; give a file path such as {Path(args.out) / 'eval.json'}")
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dtype=args.dtype)
     run_dir = run_of(args.model, model.folder)
     if args.config:
         cfg = load_config(args.config, overrides)
@@ -89,7 +89,7 @@ def run_eval(args, overrides: list[str]) -> int:
         raise AigcError(f"the model's tokenizer differs from the one of {data.folder}; evaluate on data "
                         "prepared with the model's tokenizer")
     settings = model.settings(**sampling_overrides(args))
-    results = {"model": str(model.folder), "family": model.family, "data": str(data.folder)}
+    results = {"model": str(model.folder), "family": model.family, "dtype": args.dtype, "data": str(data.folder)}
     results.update(heldout_metrics(model.model, data, args.max_tokens, progress=not args.quiet))
     scored = "assistant " if data.masks is not None else ""  # chat data: only the assistant's turns are scored
     if scored:
@@ -126,7 +126,7 @@ def _table(rows: list[tuple[str, float | int]], head: str | None, int_format: st
 def _completions(args, problems: list[dict]) -> tuple[list[list[str]], dict]:
     """``args.n`` completions of every problem's prompt by the model, and what to record of how
     they were made (settings, seed, prompts cropped to the context)."""
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dtype=args.dtype)
     if isinstance(model, ImageModel):
         raise AigcError(f"{args.model}: an image model; --task {args.task or 'humaneval'} needs a code model")
     settings = model.settings(**{**sampling_overrides(args), "code_stops": True})

@@ -45,7 +45,7 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sample(args, overrides: list[str]) -> int:
     threads(args.threads)
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dtype=args.dtype)
     if isinstance(model, ImageModel):
         return _sample_images(model, args)
     for flag in ("out", "label", "reconstruct", "interpolate"):
@@ -116,7 +116,7 @@ def run_complete(args, overrides: list[str]) -> int:
     check_seed(args.seed)
     if args.n < 1:
         raise AigcError(f"--n {args.n}: expected at least 1 completion")
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dtype=args.dtype)
     if isinstance(model, ImageModel):
         raise AigcError(f"{args.model}: an image model; complete needs a code model")
     infill = bool(suffix.strip()) and not args.no_infill and fim_token_ids(model.tokenizer) is not None

@@ -75,7 +75,7 @@ def _load_models(args) -> dict:
             name = folder.parent.parent.name if folder.parent.name == "checkpoints" else folder.name
         if not name or name in models:
             raise AigcError(f"model name {name!r} is empty or given twice; name models with NAME=PATH")
-        model = models[name] = load(path, args.device)
+        model = models[name] = load(path, args.device, args.dtype)
         if isinstance(model, TextModel):
             model.defaults = model.settings(**sampling_overrides(args))
         kind = "chat" if getattr(model, "chat", None) else model.family

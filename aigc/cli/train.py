@@ -1,4 +1,4 @@
-"""`aigc train` (a config, or a run folder with --resume) and `aigc export` (a Hugging Face folder)."""
+"""`aigc train` (a config, or a run folder with --resume) and `aigc export` (a Hugging Face folder or a GGUF file)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
 from aigc.folders import folder_kind, resolve_model_folder
 from aigc.formats.adapter import adapter_base, load_adapter, save_adapter
+from aigc.formats.gguf_file import TYPES as GGUF_TYPES
+from aigc.formats.gguf_file import export_gguf
 from aigc.formats.hf import EXPORT_MARK, export_hf, hf_names_for_module, layout_of
 from aigc.formats.model_folder import load_model_folder, read_sample_defaults, resolve_base
 from aigc.train.distributed import from_environment
@@ -23,7 +25,8 @@ TRAIN = ("Train a model. Any config key can be overridden: --section.key=value "
 EXPORT = ("Write a gpt model (a model folder, a run, or a LoRA run) as a folder that transformers' "
           "AutoModelForCausalLM and AutoTokenizer load: Llama layout for RMSNorm/rotary/SwiGLU models (Qwen2 with "
           "q/k/v biases), GPT-2 layout for LayerNorm/learned/GELU ones. A LoRA run exports its base plus the "
-          "adapter in PEFT's layout (OUT/adapter), or with --merge-lora one merged model.")
+          "adapter in PEFT's layout (OUT/adapter), or with --merge-lora one merged model. With --format gguf "
+          "(the default when OUT ends in .gguf): one GGUF file that llama.cpp runs (a LoRA run is merged).")
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +66,11 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
                    help="dtype of the written weights (default: float32)")
     p.add_argument("--max-shard-size", dest="max_shard_size", default="2GB",
                    help="split the weights into shards of at most this size, with an index (default: 2GB)")
+    p.add_argument("--format", choices=["hf", "gguf"], default=None,
+                   help="hf: a transformers folder; gguf: one llama.cpp file (default: gguf when OUT ends in "
+                   ".gguf, else hf)")
+    p.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES, default=None,
+                   help="GGUF weight type: f32 (default), f16, or q8_0 (llama.cpp's 8-bit blocks)")
 
 
 def run_export(args, overrides: list[str]) -> int:
@@ -70,6 +78,10 @@ def run_export(args, overrides: list[str]) -> int:
         raise AigcError(f"unknown option {overrides[0]}")
     folder = resolve_model_folder(args.model)
     out = Path(args.out)
+    if (args.format or ("gguf" if out.suffix.lower() == ".gguf" else "hf")) == "gguf":
+        return _export_gguf(args, folder, out)
+    if args.gguf_type is not None:
+        raise AigcError("--type is for --format gguf; a transformers folder takes --dtype")
     if out.exists() and out.resolve() == folder.resolve():
         raise AigcError(f"{out}: is the model being exported; write the export to another folder")
     if out.exists() and not (out / EXPORT_MARK).is_file():  # a model you downloaded is never replaced
@@ -78,6 +90,20 @@ def run_export(args, overrides: list[str]) -> int:
         return _export(args, folder, out)
     except OSError as e:  # the output cannot be written: name it, not a temporary file
         raise AigcError(f"{out}: cannot write the export ({e.strerror or e})") from None
+
+
+def _export_gguf(args, folder: Path, out: Path) -> int:
+    if args.dtype != "float32" or args.max_shard_size != "2GB":
+        raise AigcError("--dtype and --max-shard-size are for transformers folders; a GGUF file takes --type")
+    model = load_model_folder(folder)  # a LoRA run comes back merged into its base
+    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    chat = load_chat_template(folder)
+    summary = export_gguf(model, tokenizer, out, args.gguf_type or "f32", chat.template if chat else None,
+                          name=folder.resolve().name)
+    types = ", ".join(f"{n} {k}" for k, n in summary["types"].items())
+    print(f"wrote {out}: GGUF, llama.cpp architecture {summary['arch']}, {summary['tensors']} tensors ({types}), "
+          f"{summary['bytes'] / 1e6:.1f} MB")
+    return 0
 
 
 def _export(args, folder: Path, out: Path) -> int:
