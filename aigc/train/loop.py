@@ -58,6 +58,7 @@ from aigc.train.distributed import start as start_ranks
 from aigc.train.distributed import stop as stop_ranks
 from aigc.train.lock import RunLock
 from aigc.train.plot import plot_losses
+from aigc.train.speed import dtype_note, make_optimizer, maybe_compile
 from aigc.train.tasks import make_task
 from aigc.version import __version__
 
@@ -255,9 +256,9 @@ class _Run:
         self.ranks = ranks
         model.to(device).train()
         self.updates = task.updates(model)
-        self.wrapped = wrap(model, self.updates, ranks, device)  # what the objectives call (DDP under torchrun)
-        self.optimizers = {u.name: torch.optim.AdamW(param_groups(u.module, t.weight_decay), lr=t.lr,
-                                                     betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+        # what the objectives call: the model, DDP's wrapper under torchrun, compiled with train.compile
+        self.wrapped = maybe_compile(wrap(model, self.updates, ranks, device), t)
+        self.optimizers = {u.name: make_optimizer(param_groups(u.module, t.weight_decay), t, device)
                            for u in self.updates}
         own = {u.name: {id(p) for p in u.module.parameters()} for u in self.updates}
         # during one update the other optimizers' parameters are frozen (a GAN's D step leaves G alone)
@@ -476,6 +477,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None,
         if ranks.active else ""
     print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "
           f"{task.items_per_step():,} {task.unit}/step, device {device}{ranks_note}", file=sys.stderr)
+    if (note := dtype_note(device, cfg.train.dtype)) is not None:
+        print(note, file=sys.stderr)
     # 5. the loop
     step, t = run.state["step"], cfg.train
     if ckpt is not None and step >= t.max_steps:
