@@ -151,7 +151,8 @@ def tokenizer_fields(tokenizer) -> dict:
                     "which llama.cpp would not tokenize the same way")
 
 
-def _write_metadata(w, model, tokenizer, arch: str, type_: str, chat_template: str | None, name: str) -> None:
+def _write_metadata(w, model, tokenizer, fields: dict, arch: str, type_: str, chat_template: str | None,
+                    name: str) -> None:
     gguf, c = _gguf(), model.config
     w.add_name(name)
     w.add_string(MARK, __version__)
@@ -173,7 +174,6 @@ def _write_metadata(w, model, tokenizer, arch: str, type_: str, chat_template: s
         if c.head_dim * c.n_head != c.d_model:
             w.add_key_length(c.head_dim)
             w.add_value_length(c.head_dim)
-    fields = tokenizer_fields(tokenizer)
     w.add_tokenizer_model(fields["model"])
     w.add_tokenizer_pre(fields["pre"])
     w.add_token_list(fields["tokens"])
@@ -219,12 +219,13 @@ def export_gguf(model: torch.nn.Module, tokenizer, out: str | Path, type_: str =
     if tokenizer.vocab_size != rows:
         raise AigcError(f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding has {rows} rows; "
                         "llama.cpp needs one token per row")
+    fields = tokenizer_fields(tokenizer)  # refused before anything touches the disk
     gguf, out = _gguf(), Path(out)
     _check_replaceable(out)
     counts: dict[str, int] = {}
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
-        _write_metadata(w, model, tokenizer, arch, type_, chat_template, name)
+        _write_metadata(w, model, tokenizer, fields, arch, type_, chat_template, name)
         tensors = gguf_tensors(model, arch)
         for key, t in tensors.items():
             data, raw = _encode(gguf, t, type_)
