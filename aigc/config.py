@@ -161,6 +161,7 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; float16 only on CUDA)
     threads: int = 0  # torch CPU threads; 0 = all available cores
     compile: bool = False  # torch.compile the model for training (the first steps pay the compile time)
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2)
     batch_size: int = 32  # sequences (or images) per micro-batch, per rank under torchrun
     global_batch: int = 0  # > 0: the global batch (per-rank batch x ranks x grad_accum); batch_size is derived
     grad_accum: int = 1  # micro-batches per optimizer step

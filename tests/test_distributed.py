@@ -1,5 +1,5 @@
-"""torchrun data parallelism on CPU (gloo): two ranks compute what one process computes at the same
-global batch, resume exactly, write once, and refuse what they cannot do."""
+"""torchrun data parallelism on CPU (gloo), DDP and FSDP2: two ranks compute what one process computes
+at the same global batch, resume exactly, write once, and refuse what they cannot do."""
 
 from __future__ import annotations
 
@@ -63,15 +63,41 @@ def config(tmp_path_factory, small_corpus) -> Path:
                        eval_batches=3, checkpoint_interval=5)
 
 
-def test_two_ranks_equal_one_process_at_the_same_global_batch(config, tmp_path):
-    one = run_cli("train", str(config), "--quiet", f"--train.out_dir={tmp_path / 'one'}", "--train.batch_size=8")
+@pytest.fixture(scope="module")
+def one_process(config, tmp_path_factory) -> Path:
+    """The reference: one process at batch 8, 10 steps."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    one = run_cli("train", str(config), "--quiet", f"--train.out_dir={out}", "--train.batch_size=8")
     assert one.returncode == 0, one.stderr
+    return out
+
+
+def test_two_ranks_equal_one_process_at_the_same_global_batch(config, one_process, tmp_path):
     two = torchrun("train", str(config), "--quiet", f"--train.out_dir={tmp_path / 'two'}", "--train.global_batch=8")
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("run folder:") == 1 and "global batch 8" in two.stderr
-    assert_same_run(tmp_path / "one", tmp_path / "two", 10)
-    assert sorted(os.listdir(tmp_path / "one")) == sorted(os.listdir(tmp_path / "two"))  # no .lock, nothing extra
+    assert_same_run(one_process, tmp_path / "two", 10)
+    assert sorted(os.listdir(one_process)) == sorted(os.listdir(tmp_path / "two"))  # no .lock, nothing extra
     assert json.loads((tmp_path / "two" / "run.json").read_text())["ranks"] == 2
+
+
+def test_fsdp_shards_equal_one_process_and_resume_exactly(config, one_process, tmp_path):
+    """FSDP2 over 2 ranks: the same weights and losses as one process at the same global batch (its
+    checkpoint is gathered into an ordinary model folder), and a resumed run equals the uninterrupted one."""
+    fsdp = torchrun("train", str(config), "--quiet", f"--train.out_dir={tmp_path / 'fsdp'}", "--train.global_batch=8",
+                    "--train.fsdp=true")
+    assert fsdp.returncode == 0, fsdp.stderr
+    assert "FSDP: parameters, gradients and optimizer state sharded" in fsdp.stderr
+    assert_same_run(one_process, tmp_path / "fsdp", 10)
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed")
+    ckpts = tmp_path / "resumed" / "checkpoints"
+    shutil.rmtree(ckpts / "step-000010")
+    (ckpts / "latest").write_text("step-000005\n")
+    rest = torchrun("train", str(tmp_path / "resumed"), "--resume", "--quiet")
+    assert rest.returncode == 0, rest.stderr
+    assert_same_run(tmp_path / "fsdp", tmp_path / "resumed", 10, atol=0)
+    sample = run_cli("sample", str(tmp_path / "fsdp"), "--prompt", "春", "--max-new-tokens", "4", "--seed", "0")
+    assert sample.returncode == 0 and sample.stdout.startswith("春"), sample.stderr
 
 
 def test_accumulation_and_resume_under_ddp(config, tmp_path):
@@ -153,3 +179,10 @@ def test_what_ddp_cannot_do_is_refused_in_one_line(config, tmp_path, small_corpu
     r = torchrun("train", str(gan), "--quiet")
     assert r.returncode != 0 and not ours_raised(r.stderr)
     assert "dcgan family trains with 2 optimizers" in r.stderr and "without torchrun" in r.stderr
+
+
+def test_fsdp_on_one_process_is_refused_before_anything_is_written(config, tmp_path):
+    r = run_cli("train", str(config), "--quiet", f"--train.out_dir={tmp_path / 'run'}", "--train.fsdp=true")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "error: train.fsdp = true shards the model over torchrun ranks, and this is one process" in r.stderr
+    assert not (tmp_path / "run").exists()

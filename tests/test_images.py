@@ -235,7 +235,8 @@ def test_gan_resume_continues_exactly(tmp_path, shapes_npz):
     from safetensors.torch import load_file
 
     from aigc.config import load_config
-    from aigc.train.loop import resolve_resume_config, train
+    from aigc.train.loop import train
+    from aigc.train.run_folder import resolve_resume_config
 
     a = tmp_path / "a"
     a.mkdir()

@@ -18,7 +18,8 @@ from aigc.formats.gguf_file import export_gguf
 from aigc.formats.hf import EXPORT_MARK, export_hf, hf_names_for_module, layout_of
 from aigc.formats.model_folder import load_model_folder, read_sample_defaults, resolve_base
 from aigc.train.distributed import from_environment
-from aigc.train.loop import resolve_resume_config, train
+from aigc.train.loop import train
+from aigc.train.run_folder import resolve_resume_config
 
 TRAIN = ("Train a model. Any config key can be overridden: --section.key=value "
          "(e.g. --train.max_steps=500 --model.n_layer=4).")

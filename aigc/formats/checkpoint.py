@@ -26,17 +26,20 @@ from aigc.formats.model_folder import save_model_folder
 
 
 def save_checkpoint(run_dir: Path, model, optimizers: dict[str, torch.optim.Optimizer], tokenizer,
-                    generation_config: dict | None, state: dict, keep: int) -> Path:
+                    generation_config: dict | None, state: dict, keep: int,
+                    optimizer_states: dict[str, dict] | None = None) -> Path:
     """Write checkpoint ``step-{state['step']:06d}``, point ``latest`` at it, keep the newest ``keep``.
 
     ``optimizers`` maps names to optimizers (``{"model": ...}``, or a GAN's discriminator and
     generator); their tensors go to optimizer.safetensors as ``NAME.INDEX.KEY``.
+    ``optimizer_states`` (the same names) gives their state dicts in ``Optimizer.state_dict()``'s
+    format instead, when they were gathered elsewhere (sharded training).
     """
     ckpts = checkpoint_dir(run_dir)
     name = f"step-{state['step']:06d}"
     tensors, groups = {}, {}
     for opt_name, optimizer in optimizers.items():
-        opt = optimizer.state_dict()
+        opt = optimizer_states[opt_name] if optimizer_states is not None else optimizer.state_dict()
         groups[opt_name] = opt["param_groups"]
         tensors.update({f"{opt_name}.{idx}.{key}": value.detach().contiguous().cpu()
                         for idx, entry in opt["state"].items() for key, value in entry.items()
@@ -59,6 +62,22 @@ def load_training_state(folder: Path, optimizers: dict[str, torch.optim.Optimize
         AigcError: missing, truncated or corrupt optimizer or state files, or optimizers
             that do not match the model.
     """
+    state, opt_states = read_training_state(folder, list(optimizers))
+    for opt_name, optimizer in optimizers.items():
+        try:
+            optimizer.load_state_dict(opt_states[opt_name])
+        except (ValueError, KeyError) as e:
+            raise AigcError(f"{folder}: optimizer state does not match the model ({e})") from None
+    return state
+
+
+def read_training_state(folder: Path, names: list[str]) -> tuple[dict, dict[str, dict]]:
+    """``folder``'s state.json (loop state) and the state dicts of the optimizers ``names``, in
+    ``Optimizer.state_dict()``'s format.
+
+    Raises:
+        AigcError: missing, truncated or corrupt optimizer or state files, or other optimizers.
+    """
     try:
         state = read_json(folder / "state.json")
         tensors = load_file(str(folder / "optimizer.safetensors"))
@@ -70,15 +89,13 @@ def load_training_state(folder: Path, optimizers: dict[str, torch.optim.Optimize
     if isinstance(groups, list):  # written by aigc before 2026-11-29: one unnamed optimizer, keys IDX.KEY
         groups = {"model": groups}
         tensors = {f"model.{k}": v for k, v in tensors.items()}
-    if set(groups) != set(optimizers):
-        raise AigcError(f"{folder}: optimizers {sorted(groups)} in the checkpoint, the model needs {sorted(optimizers)}")
-    opt_state: dict = {name: {} for name in optimizers}
-    for key, value in tensors.items():
-        opt_name, idx, name = key.split(".", 2)
-        opt_state.setdefault(opt_name, {}).setdefault(int(idx), {})[name] = value
-    for opt_name, optimizer in optimizers.items():
-        try:
-            optimizer.load_state_dict({"state": opt_state[opt_name], "param_groups": groups[opt_name]})
-        except (ValueError, KeyError) as e:
-            raise AigcError(f"{folder}: optimizer state does not match the model ({e})") from None
-    return state
+    if set(groups) != set(names):
+        raise AigcError(f"{folder}: optimizers {sorted(groups)} in the checkpoint, the model needs {sorted(names)}")
+    opt_state: dict = {name: {} for name in names}
+    try:
+        for key, value in tensors.items():
+            opt_name, idx, name = key.split(".", 2)
+            opt_state.setdefault(opt_name, {}).setdefault(int(idx), {})[name] = value
+    except ValueError:
+        raise AigcError(f"{folder / 'optimizer.safetensors'}: corrupt (tensor {key!r} is not NAME.INDEX.KEY)") from None
+    return state, {name: {"state": opt_state[name], "param_groups": groups[name]} for name in names}

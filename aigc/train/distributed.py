@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from aigc.errors import AigcError
+from aigc.train import fsdp
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local: int = 0
+    sharded: bool = False  # FSDP (train.fsdp): every forward is a collective, so the ranks run them in lockstep
 
     @property
     def main(self) -> bool:
@@ -121,7 +123,10 @@ def wrap(model: torch.nn.Module, updates: list, ranks: Ranks, device: torch.devi
 
 
 def accumulating(wrapped, ranks: Ranks, last: bool):
-    """No gradient sync for a micro-batch that is not the step's last (DDP's ``no_sync``)."""
+    """No gradient sync for a micro-batch that is not the step's last (DDP's ``no_sync``, FSDP2's
+    ``set_requires_gradient_sync``)."""
+    if ranks.sharded:
+        return fsdp.accumulating(wrapped, last)
     if ranks.active and not last:
         return wrapped.no_sync()
     return contextlib.nullcontext()

@@ -28,39 +28,33 @@ import contextlib
 import dataclasses
 import json
 import math
-import platform
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy
-import PIL
-import tokenizers
 import torch
 from tqdm import tqdm
 
-from aigc.atomic import read_json, write_json, write_text
-from aigc.config import RunConfig, config_from_dict, read_toml
+from aigc.atomic import write_text
+from aigc.config import RunConfig
 from aigc.data.prepared import use_base_tokenizer
 from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
-from aigc.folders import latest_checkpoint
 from aigc.formats.adapter import load_adapter, read_adapter_config
-from aigc.formats.checkpoint import load_training_state, save_checkpoint
-from aigc.formats.model_folder import load_model_folder, read_model_config
+from aigc.formats.checkpoint import load_training_state, read_training_state, save_checkpoint
+from aigc.formats.model_folder import load_model_folder
 from aigc.models import build_model, family_of
 from aigc.models.lora import add_lora
 from aigc.runtime import autocast, pick_device, set_threads
+from aigc.train import fsdp
 from aigc.train.distributed import Ranks, accumulating, agree, barrier, from_environment, per_rank_batch, wrap
 from aigc.train.distributed import start as start_ranks
 from aigc.train.distributed import stop as stop_ranks
 from aigc.train.lock import RunLock
 from aigc.train.plot import plot_losses
+from aigc.train.run_folder import StopFlag, environment, open_run, truncate_metrics, write_run_info
 from aigc.train.speed import dtype_note, make_optimizer, maybe_compile
 from aigc.train.tasks import make_task
-from aigc.version import __version__
 
 
 def lr_at(progress: float, step: int, cfg) -> float:
@@ -84,113 +78,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         seen.add(id(p))
         (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def environment() -> dict:
-    """Versions and git commit recorded in run.json."""
-    commit = "unknown"
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            commit = out.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   cwd=here, capture_output=True, text=True, timeout=10)
-            if dirty.stdout.strip():
-                commit += "-dirty"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return {"aigc": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "tokenizers": tokenizers.__version__, "pillow": PIL.__version__,
-            "platform": platform.platform(), "git_commit": commit}
-
-
-class _StopFlag:
-    """Ctrl-C / SIGTERM: finish the current step, write a checkpoint, exit. A second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.set = False
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-        tqdm.write("interrupted: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _open_run(cfg: RunConfig, resume: bool):
-    """Check the run folder: a new run needs an empty one; a resumed run needs a matching one.
-
-    Returns the run folder, its latest checkpoint (or None) and that checkpoint's model config (or None).
-    """
-    run_dir = Path(cfg.train.out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise AigcError(f"{run_dir}: train.out_dir is a file, expected a folder for the run")
-    holds_run = (run_dir / "config.toml").exists() or (run_dir / "checkpoints").exists()
-    if not resume:
-        if holds_run:
-            raise AigcError(f"{run_dir}: already holds a run; pass --resume to continue it, "
-                            "or set --train.out_dir to a new folder")
-        return run_dir, None, None
-    if not holds_run:
-        raise AigcError(f"{run_dir}: no run to resume (no config.toml or checkpoints/)")
-    ckpt = latest_checkpoint(run_dir)
-    saved = read_model_config(ckpt) if ckpt is not None else None
-    if saved is not None:
-        if family_of(saved) != family_of(cfg.model):
-            raise AigcError(f"{run_dir}: holds a {family_of(saved)!r} run; the config asks for "
-                            f"{family_of(cfg.model)!r}")
-        from_data = {"vocab_size", "n_classes", "classes", "channels", "image_size"}  # checked against the data
-        diff = [k for k, v in dataclasses.asdict(cfg.model).items()
-                if dataclasses.asdict(saved)[k] != v and k not in from_data]
-        if diff:
-            raise AigcError(f"{run_dir}: the checkpoint's model differs from the config in: {', '.join(diff)}")
-    return run_dir, ckpt, saved
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (by a run that died before its next checkpoint)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, AttributeError):
-            pass  # a line cut short by a kill
-    write_text(path, "".join(line + "\n" for line in keep))
-
-
-def resolve_resume_config(run_dir: str | Path, overrides: list[str]) -> RunConfig:
-    """The config of an existing run folder, with overrides (e.g. a longer max_steps)."""
-    path = Path(run_dir) / "config.toml"
-    if not path.is_file():
-        raise AigcError(f"{run_dir}: not a run folder (no config.toml)")
-    saved = config_from_dict(read_toml(path), str(path), [])
-    cfg = config_from_dict(read_toml(path), str(path), overrides)
-    if cfg.train.init_from != saved.train.init_from:
-        raise AigcError(f"{run_dir}: train.init_from cannot change when a run resumes (it fine-tunes "
-                        f"{saved.train.init_from or 'no base model'!r}); start a new run instead")
-    if Path(cfg.train.out_dir).resolve() != Path(run_dir).resolve():
-        cfg.train.out_dir = str(run_dir)
-    return cfg
-
-
 
 
 def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, base_folder: Path | None):
@@ -235,18 +122,6 @@ def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, ba
     return model, lora
 
 
-def _write_run_info(run_dir: Path, info: dict, resumed: bool) -> dict:
-    """run.json: ``info`` plus when the run started and every time it resumed (kept across resumes)."""
-    try:
-        old = read_json(run_dir / "run.json", dict)
-    except AigcError:
-        old = {}
-    info["started"] = old.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    info["resumed"] = old.get("resumed", []) + ([time.strftime("%Y-%m-%dT%H:%M:%S%z")] if resumed else [])
-    write_json(run_dir / "run.json", info)
-    return info
-
-
 class _Run:
     """One training run in progress: the model, its task, optimizers, loop state and outputs."""
 
@@ -256,8 +131,12 @@ class _Run:
         self.ranks = ranks
         model.to(device).train()
         self.updates = task.updates(model)
-        # what the objectives call: the model, DDP's wrapper under torchrun, compiled with train.compile
-        self.wrapped = maybe_compile(wrap(model, self.updates, ranks, device), t)
+        self.plain = model  # what rank 0 checkpoints and samples: the model, or under FSDP a full copy on its CPU
+        if t.fsdp:
+            self.plain = fsdp.cpu_copy(model) if ranks.main else None
+            self.wrapped = fsdp.shard(model, self.updates)  # in place: the optimizers below hold the shards
+        else:  # what the objectives call: the model, DDP's wrapper under torchrun, compiled with train.compile
+            self.wrapped = maybe_compile(wrap(model, self.updates, ranks, device), t)
         self.optimizers = {u.name: make_optimizer(param_groups(u.module, t.weight_decay), t, device)
                            for u in self.updates}
         own = {u.name: {id(p) for p in u.module.parameters()} for u in self.updates}
@@ -274,16 +153,21 @@ class _Run:
         """Weights (or adapter weights), optimizers and loop state from ``ckpt``; metric lines
         logged after it are dropped."""
         if ckpt is not None:
-            if lora is not None:
-                load_adapter(self.model, ckpt, wrap=False)
+            if self.t.fsdp:  # every rank reads the full checkpoint and keeps its shards
+                state, opt_states = read_training_state(ckpt, list(self.optimizers))
+                fsdp.load(self.model, self.optimizers, load_model_folder(ckpt).state_dict(), opt_states)
+                self.state.update(state)
             else:
-                self.model.load_state_dict(load_model_folder(ckpt, self.device).state_dict())
-            self.state.update(load_training_state(ckpt, self.optimizers))
+                if lora is not None:
+                    load_adapter(self.model, ckpt, wrap=False)
+                else:
+                    self.model.load_state_dict(load_model_folder(ckpt, self.device).state_dict())
+                self.state.update(load_training_state(ckpt, self.optimizers))
             if self.ranks.main:
-                _truncate_metrics(self.metrics_path, self.state["step"])
+                truncate_metrics(self.metrics_path, self.state["step"])
                 print(f"resuming {self.run_dir} from {ckpt.name}", file=sys.stderr)
         elif resume and self.ranks.main:
-            _truncate_metrics(self.metrics_path, 0)
+            truncate_metrics(self.metrics_path, 0)
 
     def log(self, row: dict) -> None:
         if not self.ranks.main:
@@ -304,13 +188,21 @@ class _Run:
         self.bar.write(f"step {step}: {message}")
 
     def checkpoint(self, step: int) -> None:
-        if not self.ranks.main:  # the replicas are identical: rank 0 writes, with no collective needed
+        """Rank 0 writes a checkpoint and a sample. Under DDP the replicas are identical and no
+        collective is needed; under FSDP every rank first takes part in gathering the full state."""
+        opt_states = None
+        if self.t.fsdp:
+            weights, opt_states = fsdp.gather(self.model, self.optimizers, self.ranks)
+            if self.ranks.main:
+                self.plain.load_state_dict(weights)
+        if not self.ranks.main:
             return
-        self.model.eval()
-        save_checkpoint(self.run_dir, self.model, self.optimizers, self.task.tokenizer, self.task.generation_config,
-                        dict(self.state), self.t.keep_checkpoints)
-        self.model.train()
-        self.task.write_sample(self.model, self.run_dir, step)
+        model = self.plain
+        model.eval()
+        save_checkpoint(self.run_dir, model, self.optimizers, self.task.tokenizer, self.task.generation_config,
+                        dict(self.state), self.t.keep_checkpoints, opt_states)
+        model.train()
+        self.task.write_sample(model, self.run_dir, step)
 
     def optimizer_step(self, step: int, lr: float) -> dict:
         """One training step: every update (one for most families, discriminator then generator
@@ -342,7 +234,7 @@ class _Run:
                 p.requires_grad_(True)
             if t.grad_clip:
                 self.scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(u.module.parameters(), t.grad_clip).item()
+                norm = float(fsdp.local(torch.nn.utils.clip_grad_norm_(u.module.parameters(), t.grad_clip)))
                 row["grad_norm" if len(self.updates) == 1 else f"{u.name}_grad_norm"] = norm
             self.scaler.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
@@ -377,7 +269,7 @@ class _Run:
         self.bar = bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step",
                               disable=not progress or not self.ranks.main, dynamic_ncols=True, file=sys.stderr)
         window_items, window_start = 0, time.time()
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < t.max_steps:
                 elapsed = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
                 (elapsed,), _ = agree([elapsed], [], self.ranks)  # every rank the same limit and learning rate
@@ -445,10 +337,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, argv: lis
 def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None, ranks: Ranks) -> Path:
     """:func:`train` with the run folder locked."""
     # 1. the run folder, its latest checkpoint, the device (an impossible dtype fails before anything is written)
-    run_dir, ckpt, saved = _open_run(cfg, resume)
+    run_dir, ckpt, saved = open_run(cfg, resume)
     device = start_ranks(ranks, pick_device(cfg.train.device))
     autocast(device, cfg.train.dtype)
     cfg.train.batch_size = per_rank_batch(cfg.train, ranks)
+    if cfg.train.fsdp:
+        fsdp.check(cfg.train, ranks)
+        ranks.sharded = True
     # 2. the data (prepared on demand, by rank 0 first) and the model: a base to fine-tune, LoRA, or fresh weights
     base_folder = use_base_tokenizer(cfg)
     if not ranks.main:
@@ -468,13 +363,13 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None,
     write_text(run_dir / "config.toml", cfg.to_toml())
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-    _write_run_info(run_dir, {"seed": cfg.train.seed, "command": argv or sys.argv, "device": str(device),
+    write_run_info(run_dir, {"seed": cfg.train.seed, "command": argv or sys.argv, "device": str(device),
                               "prepared_data": str(task.data.folder), "data_meta": task.data.meta, **environment(),
                               "parameters": n_params, "trainable_parameters": n_train, "ranks": ranks.world},
                     resumed=ckpt is not None)
     trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else ""
-    ranks_note = f" on each of {ranks.world} ranks (global batch {cfg.train.batch_size * ranks.world * cfg.train.grad_accum})" \
-        if ranks.active else ""
+    ranks_note = f" on each of {ranks.world} ranks (global batch {cfg.train.batch_size * ranks.world * cfg.train.grad_accum}" \
+        f"{', FSDP: parameters, gradients and optimizer state sharded' if ranks.sharded else ''})" if ranks.active else ""
     print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "
           f"{task.items_per_step():,} {task.unit}/step, device {device}{ranks_note}", file=sys.stderr)
     if (note := dtype_note(device, cfg.train.dtype)) is not None:

@@ -114,14 +114,20 @@ class TextTask:
         model.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 1)
         losses, counts = [], []
-        for i in range(self.cfg.train.eval_batches):
-            batch = self.batch(gen, "val")  # every rank draws every batch; batch i is scored by rank i % ranks
-            if i % self.ranks.world != self.ranks.rank:
+        n, world = self.cfg.train.eval_batches, self.ranks.world
+        # under FSDP each forward is a collective: every rank runs one per round, the last round
+        # padded with a repeat whose loss is dropped, so an uneven split still scores each batch once
+        rounds = -(-n // world) * world if self.ranks.sharded else n
+        for i in range(rounds):
+            if i < n:
+                batch = self.batch(gen, "val")  # every rank draws every batch; batch i is scored by rank i % ranks
+            if i % world != self.ranks.rank:
                 continue
             with autocast():
                 loss, _ = objectives.lm_loss(model, batch)
-            losses.append(loss.item())
-            counts.append(int((batch[1] != objectives.IGNORE_INDEX).sum()))
+            if i < n:
+                losses.append(loss.item())
+                counts.append(int((batch[1] != objectives.IGNORE_INDEX).sum()))
         model.train()
         loss_sum, batches, weighted, targets = total(
             [sum(losses), len(losses), sum(l * n for l, n in zip(losses, counts)), sum(counts)], self.ranks)
