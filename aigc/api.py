@@ -18,31 +18,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aigc.errors import AigcError
 from aigc.folders import resolve_model_folder
 from aigc.formats.model_folder import load_model_folder
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
 from aigc.models import TEXT_FAMILIES
 from aigc.models.quant import set_inference_dtype
-from aigc.runtime import pick_device
+from aigc.runtime import pick_device, require_compiler
 
 
-def load(path: str | Path, device: str = "auto", dtype: str = "float32") -> TextModel | ImageModel:
+def load(path: str | Path, device: str = "auto", dtype: str = "float32",
+         compile: bool = False) -> TextModel | ImageModel:
     """Load a model from a model folder, a run folder (its latest checkpoint), a Hugging Face
     folder, a LoRA adapter folder, or a shipped model's name (``tang-base``).
 
     ``dtype``: the weights for inference, ``float32``, ``bfloat16``, ``float16`` (CUDA) or
     ``int8`` (weight-only, per output channel; the gpt family), see :mod:`aigc.models.quant`.
+    ``compile``: decode through a compiled fixed-shape step (the gpt family; the first
+    generation pays the compile), see :mod:`aigc.generate.compiled`.
 
     Returns a :class:`~aigc.generate.text.TextModel` for ``gpt``/``lstm`` and an
     :class:`~aigc.generate.images.ImageModel` for ``dcgan``/``vae``.
 
     Raises:
-        AigcError: not a model or run folder, an unknown family, missing/corrupt files, or a
-            ``dtype`` this family or device has no path for.
+        AigcError: not a model or run folder, an unknown family, missing/corrupt files, a
+            ``dtype`` this family or device has no path for, or ``compile`` for a family other
+            than gpt or without a C compiler.
     """
     folder = resolve_model_folder(path)
     model = set_inference_dtype(load_model_folder(folder, pick_device(device)), dtype)
+    if compile:
+        if model.family != "gpt":
+            raise AigcError(f"compile: {folder} is a {model.family!r} model; the compiled decode step is for the "
+                            "gpt family")
+        require_compiler("compile")
     if model.family in TEXT_FAMILIES:
-        return TextModel.from_folder(model, folder)
+        return TextModel.from_folder(model, folder, compiled=compile)
     return ImageModel(model, folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import torch
 
@@ -55,3 +56,11 @@ def autocast(device: torch.device, dtype: str, what: str = "train.dtype"):
     if dtype == "float16" and device.type != "cuda":
         raise AigcError(f"{what} = 'float16' needs a CUDA device; use bfloat16 on CPU")
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def require_compiler(what: str) -> None:
+    """Raises AigcError when torch.compile cannot run on the CPU here: inductor writes C++ kernels,
+    so it needs a C/C++ compiler on PATH (``what`` names the setting that asked for it)."""
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "c++", "g++")):
+        raise AigcError(f"{what} needs a C/C++ compiler on PATH (torch.compile builds C++ kernels for the CPU); "
+                        f"install gcc or leave {what} off")

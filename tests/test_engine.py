@@ -27,7 +27,7 @@ GPT_VARIANTS = {
 
 def tiny_gpt(**kw) -> GPT:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, block_size=64, n_layer=2, n_head=4, d_model=32, **kw)
+    cfg = GPTConfig(**{"vocab_size": 50, "block_size": 64, "n_layer": 2, "n_head": 4, "d_model": 32, **kw})
     model = GPT(cfg).eval()
     with torch.no_grad():  # larger weights than the init so greedy choices are not near-ties
         for p in model.parameters():
@@ -173,3 +173,49 @@ def test_first_token_constraint_of_token_healing_holds_alone_and_batched():
     assert set(alone[:, 0].tolist()) <= {7, 11} and len(set(alone[:, 1:].flatten().tolist())) > 2
     seq = BatchEngine(model).add([1, 2, 3], 6, params, seed=3, first_allowed=allowed)
     assert torch.equal(next(seq), alone[:, 0])
+
+
+def test_static_cache_step_gives_the_growing_cache_logits():
+    """The compiled step's cache (``static=True``: attention over every position under a length
+    mask, fixed shapes) computes, run eagerly, the logits of the growing cache, row by row."""
+    model = tiny_gpt(**GPT_VARIANTS["llama-style-gqa"], block_size=24)
+    with torch.inference_mode():
+        grow = model.new_cache(2, 24)
+        logits = model(torch.tensor([[3, 14, 15], [9, 2, 6]]), cache=grow)[:, -1]
+        static = model.new_cache(2, 24, static=True)
+        static.write_rows(0, grow, 2)
+        for _ in range(10):
+            nxt = logits.argmax(-1)[:, None]  # (2, 1)
+            logits = model(nxt, cache=grow)[:, -1]
+            torch.testing.assert_close(model(nxt, cache=static)[:, -1], logits, atol=1e-5, rtol=1e-5)
+        assert static.lengths.tolist() == [13, 13] and static.k.shape[3] == 24
+
+
+@pytest.mark.slow  # two compiles with inductor's GEMM autotuning: about a minute on 2 cores (make test-slow)
+def test_compiled_decode_step_gives_the_eager_and_naive_greedy_tokens():
+    """``--compile``: the fixed-shape compiled step (static cache, inductor's C++ GEMM) decodes the
+    naive reference's greedy tokens while the sequence fits the context, and the eager engine's
+    past it (both re-prefill the recent tokens when the context fills), at batch 1 and 2."""
+    model = tiny_gpt(**GPT_VARIANTS["llama-style-gqa"], block_size=24)
+    prompt = [3, 14, 15, 9, 2, 6]
+    greedy = sp(40, temperature=0.0, frequency_penalty=1.0)
+    compiled_engine = Engine(model, compiled=True)
+    compiled = [int(t) for t in compiled_engine.generate(prompt, 1, greedy, seed=0)]
+    assert compiled == [int(t) for t in Engine(model).generate(prompt, 1, greedy, seed=0)]
+    fits = 24 - len(prompt)
+    assert compiled[:fits] == naive_generate(model, prompt, dataclasses.replace(greedy, max_new_tokens=fits))
+    pair = torch.stack(list(compiled_engine.generate(prompt, 2, greedy, seed=0)))  # (40, 2)
+    assert pair[:, 0].tolist() == pair[:, 1].tolist() == compiled
+
+
+def test_compile_is_refused_for_a_family_without_a_compiled_step(tmp_path):
+    from aigc.api import load
+    from aigc.data.tokenizer import train_char_tokenizer
+    from aigc.errors import AigcError
+    from aigc.formats.model_folder import save_model_folder
+
+    tok = train_char_tokenizer(["abcdefg"])
+    lstm = LSTMLM(LSTMConfig(vocab_size=tok.vocab_size, n_layer=1, d_embed=8, d_hidden=8))
+    save_model_folder(tmp_path / "lstm", lstm, tok)
+    with pytest.raises(AigcError, match="'lstm' model; the compiled decode step is for the gpt family"):
+        load(tmp_path / "lstm", device="cpu", compile=True)

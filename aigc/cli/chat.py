@@ -26,7 +26,7 @@ def chat_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p, prompt=False, max_tokens_alias=True)
     p.add_argument("--seed", type=int, help="random seed: reply i of a conversation uses seed + i (/reset starts "
                    "a new conversation), so a conversation replays the same")
-    add_runtime_flags(p)
+    add_runtime_flags(p, compile_flag=True)
 
 
 def run_chat(args, overrides: list[str]) -> int:
@@ -38,7 +38,7 @@ def run_chat(args, overrides: list[str]) -> int:
     no_overrides("chat", overrides)
     threads(args.threads)
     check_seed(args.seed)
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     if isinstance(model, ImageModel):
         raise AigcError(f"{args.model}: a {model.family!r} image model; chat needs a text model with a chat template")
     if model.chat is None:

@@ -37,13 +37,16 @@ def add_sampling_flags(p: argparse.ArgumentParser, prompt: bool = True, max_toke
                    help="code: stop where a line starts at column 0 (a new def, class, if __name__, ...)")
 
 
-def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype`` and ``--threads``."""
+def add_runtime_flags(p: argparse.ArgumentParser, compile_flag: bool = False) -> None:
+    """``--device``, ``--dtype`` and ``--threads`` (and ``--compile`` where one request decodes at a time)."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", metavar="DTYPE",
                    help="weights for inference: float32 (default), bfloat16, float16 (CUDA), or int8 "
                    "(weight-only, per output channel; gpt models)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    if compile_flag:
+        p.add_argument("--compile", action="store_true", help="decode through a compiled fixed-shape step (gpt "
+                       "models; the first call compiles, tens of seconds on 2 cores; needs a C compiler)")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:

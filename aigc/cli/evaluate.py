@@ -52,7 +52,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unsafe-no-sandbox", dest="unsafe_no_sandbox", action="store_true",
                    help="run completions even where no kernel sandbox (bubblewrap + seccomp) can be made: an "
                    "ordinary process with limits only; never on code you would not run yourself")
-    add_runtime_flags(p)
+    add_runtime_flags(p, compile_flag=True)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -69,7 +69,7 @@ def run_eval(args, overrides: list[str]) -> int:
     check_seed(args.seed)
     if args.out and Path(args.out).is_dir():
         raise AigcError(f"--out {args.out}: is a folder; give a file path such as {Path(args.out) / 'eval.json'}")
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     run_dir = run_of(args.model, model.folder)
     if args.config:
         cfg = load_config(args.config, overrides)
@@ -126,7 +126,7 @@ def _table(rows: list[tuple[str, float | int]], head: str | None, int_format: st
 def _completions(args, problems: list[dict]) -> tuple[list[list[str]], dict]:
     """``args.n`` completions of every problem's prompt by the model, and what to record of how
     they were made (settings, seed, prompts cropped to the context)."""
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     if isinstance(model, ImageModel):
         raise AigcError(f"{args.model}: an image model; --task {args.task or 'humaneval'} needs a code model")
     settings = model.settings(**{**sampling_overrides(args), "code_stops": True})

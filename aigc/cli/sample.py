@@ -27,7 +27,7 @@ COMPLETE = ("Complete code with a code model. FILE:LINE: the file up to and incl
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a run folder (its latest checkpoint) or a model folder")
     add_sampling_flags(p)
-    add_runtime_flags(p)
+    add_runtime_flags(p, compile_flag=True)
     p.add_argument("--n", type=int, help="number of samples (default: 1 text sample, 64 images)")
     p.add_argument("--seed", type=int, help="random seed (text: sample i uses seed + i)")
     p.add_argument("--suffix", help="fill in the middle between --prompt and this text (a model trained with "
@@ -45,7 +45,7 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sample(args, overrides: list[str]) -> int:
     threads(args.threads)
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     if isinstance(model, ImageModel):
         return _sample_images(model, args)
     for flag in ("out", "label", "reconstruct", "interpolate"):
@@ -75,7 +75,7 @@ def complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a run folder or a model folder")
     p.add_argument("target", metavar="FILE[:LINE]", help="a source file, optionally :LINE (1-based)")
     add_sampling_flags(p, prompt=False)
-    add_runtime_flags(p)
+    add_runtime_flags(p, compile_flag=True)
     p.add_argument("--n", type=int, default=1, help="number of completions (default: 1)")
     p.add_argument("--seed", type=int, help="random seed (completion i uses seed + i)")
     p.add_argument("--no-infill", dest="no_infill", action="store_true",
@@ -116,7 +116,7 @@ def run_complete(args, overrides: list[str]) -> int:
     check_seed(args.seed)
     if args.n < 1:
         raise AigcError(f"--n {args.n}: expected at least 1 completion")
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     if isinstance(model, ImageModel):
         raise AigcError(f"{args.model}: an image model; complete needs a code model")
     infill = bool(suffix.strip()) and not args.no_infill and fim_token_ids(model.tokenizer) is not None

@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 from aigc.config import SampleConfig
+from aigc.generate.compiled import CompiledDecoder
 from aigc.generate.sampling import sample_groups, sample_next
 
 
@@ -41,11 +42,24 @@ class Engine:
     Args:
         model: a model with ``new_cache(batch_size)`` and ``forward(idx, cache=...)``
             returning logits ``(B, T, V)``; ``context_length`` None for recurrent models.
+        compiled: decode through a :class:`~aigc.generate.compiled.CompiledDecoder` (the gpt
+            family; the prompt's prefill stays eager).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, compiled: bool = False):
         self.model = model
         self.device = next(model.parameters()).device
+        self.decoder = CompiledDecoder(model) if compiled else None
+
+    def _decode_cache(self, cache, rows: int):
+        """The cache the decode steps write: the prefilled one, or its static copy for the compiled step."""
+        return self.decoder.cache_from(cache, rows) if self.decoder is not None else cache
+
+    def _step(self, nxt: torch.Tensor, cache) -> torch.Tensor:
+        """Logits ``(B, V)`` after one new token per row, ``nxt (B,)``."""
+        if self.decoder is not None:
+            return self.decoder(nxt[:, None], cache)[:, -1, :]
+        return self.model(nxt[:, None], cache=cache)[:, -1, :]
 
     def _prefill(self, ids: torch.Tensor, max_len: int | None = None):
         cache = self.model.new_cache(ids.size(0), max_len)  # sized to the request, not the whole context
@@ -79,6 +93,7 @@ class Engine:
         counts = _counts(ids, self.model_vocab)
         room = min(limit, len(prompt) + max_new_tokens) if limit is not None else None  # cache positions
         cache, logits = self._prefill(ids, room)
+        filled, cache = len(prompt), self._decode_cache(cache, num_samples)  # positions in the cache
         if first_allowed is not None:
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
         history = ids
@@ -87,11 +102,13 @@ class Engine:
             yield nxt.cpu()
             counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None]))
             history = torch.cat([history, nxt[:, None]], dim=1)
-            if limit is not None and cache.pos >= room:  # context full: restart from the recent tokens
+            if limit is not None and filled >= room:  # context full: restart from the recent tokens
                 room = limit
                 cache, logits = self._prefill(history[:, -(3 * limit // 4):], room)
+                filled, cache = cache.pos, self._decode_cache(cache, num_samples)
             else:
-                logits = self.model(nxt[:, None], cache=cache)[:, -1, :]
+                logits = self._step(nxt, cache)
+                filled += 1
 
     @property
     def model_vocab(self) -> int:

@@ -91,14 +91,14 @@ class TextModel:
     """
 
     def __init__(self, model, tokenizer: Tokenizer, defaults: SampleConfig, folder: Path,
-                 chat: ChatTemplate | None = None):
+                 chat: ChatTemplate | None = None, compiled: bool = False):
         self.model, self.tokenizer, self.defaults, self.folder = model, tokenizer, defaults, folder
         self.chat = chat
-        self.engine = Engine(model)
+        self.engine = Engine(model, compiled)  # compiled: the gpt's decode step through torch.compile
         self._heal_cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_folder(cls, model, folder: Path) -> "TextModel":
+    def from_folder(cls, model, folder: Path, compiled: bool = False) -> "TextModel":
         """Wrap ``model`` with the tokenizer, sampling defaults and chat template of ``folder`` (an
         adapter without its own tokenizer: its base's).
 
@@ -111,7 +111,7 @@ class TextModel:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise AigcError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
                             f"{model.config.vocab_size}")
-        return cls(model, tokenizer, read_sample_defaults(parts), folder, load_chat_template(parts))
+        return cls(model, tokenizer, read_sample_defaults(parts), folder, load_chat_template(parts), compiled)
 
     @property
     def family(self) -> str:

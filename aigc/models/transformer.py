@@ -108,15 +108,22 @@ class KVCache:
     row, a forward pass feeds one token to each of the first ``x.size(0)`` rows, and rows
     are filled from a prefilled cache with :meth:`write_rows` and compacted with
     :meth:`move_rows`.
+
+    With ``static=True`` (per-row, for a compiled decode step) attention always spans all
+    ``max_len`` positions, the mask hiding those past each row's length: every step has the
+    same shapes and no host sync, so one compiled graph serves the whole generation. The
+    caller keeps the lengths below ``max_len``.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, per_row: bool = False):
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, per_row: bool = False,
+                 static: bool = False):
         shape = (config.n_layer, batch_size, config.kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if per_row else None
+        self.static = static
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if per_row or static else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v ``(B, Hkv, T, D)`` at positions [pos, pos+T); return all ``(B, Hkv, S, D)``.
@@ -127,11 +134,13 @@ class KVCache:
         if self.lengths is not None:
             B = k.size(0)
             pos = self.lengths[:B]
-            if int(pos.max()) >= self.max_len:
+            if not self.static and int(pos.max()) >= self.max_len:
                 raise ValueError(f"KV cache row full: {int(pos.max())} of {self.max_len} positions")
             rows = torch.arange(B, device=k.device)
             self.k[layer, rows, :, pos] = k[:, :, 0]  # (B, Hkv, D) into each row's next position
             self.v[layer, rows, :, pos] = v[:, :, 0]
+            if self.static:  # every position, S = max_len: fixed shapes for a compiled step
+                return self.k[layer, :B], self.v[layer, :B]
             S = int(pos.max()) + 1
             return self.k[layer, :B, :, :S], self.v[layer, :B, :, :S]
         t = k.size(2)
@@ -344,11 +353,14 @@ class GPT(nn.Module):
     def context_length(self) -> int:
         return self.config.block_size
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, per_row: bool = False) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, per_row: bool = False,
+                  static: bool = False) -> KVCache:
         """An empty :class:`KVCache` for ``batch_size`` sequences of up to ``max_len`` tokens
-        (``per_row``: each row its own sequence and length, for continuous batching)."""
+        (``per_row``: each row its own sequence and length, for continuous batching; ``static``:
+        fixed shapes for a compiled decode step)."""
         p = self.tok_emb.weight
-        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype, per_row)
+        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype, per_row,
+                       static)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``(B, T, V)`` for tokens ``idx (B, T)``, placed after ``cache.pos`` cached ones.
