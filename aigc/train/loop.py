@@ -53,7 +53,7 @@ from aigc.train.distributed import stop as stop_ranks
 from aigc.train.lock import RunLock
 from aigc.train.plot import plot_losses
 from aigc.train.run_folder import StopFlag, environment, open_run, truncate_metrics, write_run_info
-from aigc.train.speed import dtype_note, make_optimizer, maybe_compile
+from aigc.train.speed import compile_objective, dtype_note, make_optimizer, maybe_compile
 from aigc.train.tasks import make_task
 
 
@@ -135,8 +135,12 @@ class _Run:
         if t.fsdp:
             self.plain = fsdp.cpu_copy(model) if ranks.main else None
             self.wrapped = fsdp.shard(model, self.updates)  # in place: the optimizers below hold the shards
-        else:  # what the objectives call: the model, DDP's wrapper under torchrun, compiled with train.compile
-            self.wrapped = maybe_compile(wrap(model, self.updates, ranks, device), t)
+        else:  # what the objectives call: the model, or DDP's wrapper under torchrun (compiled with train.compile)
+            self.wrapped = wrap(model, self.updates, ranks, device)
+            self.wrapped = maybe_compile(self.wrapped, t) if ranks.active else self.wrapped
+        # train.compile on one process: each objective compiled, the model and its loss as one graph
+        self.objectives = {u.name: u.objective if ranks.active else compile_objective(u.objective, t)
+                           for u in self.updates}
         self.optimizers = {u.name: make_optimizer(param_groups(u.module, t.weight_decay), t, device)
                            for u in self.updates}
         own = {u.name: {id(p) for p in u.module.parameters()} for u in self.updates}
@@ -224,8 +228,8 @@ class _Run:
                 batch = self.task.batch(batch_gen)
                 with accumulating(self.wrapped, self.ranks, last=micro == t.grad_accum - 1):  # one sync per step
                     with autocast(self.device, t.dtype):
-                        loss, logs = u.objective(self.wrapped if len(self.updates) == 1 else self.model, batch,
-                                                 batch_gen)
+                        loss, logs = self.objectives[u.name](self.wrapped if len(self.updates) == 1 else self.model,
+                                                             batch, batch_gen)
                     self.scaler.scale(loss / t.grad_accum).backward()
                 loss_sum += loss.item()
                 for k, v in logs.items():
