@@ -10,7 +10,7 @@ IMGRUN := runs/demo-fashion-$(STAMP)
 PROMPTS := 西江月 破阵子 临江仙
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist chromium sandbox llamacpp demo test bench clean
+.PHONY: install fashion-mnist chromium sandbox llamacpp demo test test-slow bench clean
 
 $(BIN)/aigc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,7 +85,11 @@ llamacpp: install
 
 test: install fashion-mnist chromium sandbox
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install fashion-mnist chromium sandbox   # the long checks (compiled decoding, ...)
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf prepared runs .pytest_cache
