@@ -4,11 +4,12 @@ Greedy decoding of ``--new`` tokens after a ``--prompt``-token prompt, at batch 
 random Llama-layout models S and M (built here, seed 0, with a byte-level BPE vocabulary
 trained on the shipped Tang poems) and on tang-base. llama.cpp runs our GGUF export (f32, f16,
 q8_0) through llama-cpp-python at batch 1 (its Python binding decodes one sequence); transformers
-runs our transformers export. Every engine is timed in this one process, the engines alternating
+runs our transformers export. aigc runs eager and with its compiled decode step
+(``--compile``; the warm-up run pays the compile). Every engine is timed in this one process, the engines alternating
 within each repeat; tokens/s = new tokens x batch / wall time of prefill + decode; median and
 range of ``--repeats``. The first tokens of every float32 engine are compared.
 
-Usage: python bench/decode.py [--models S M tang-base] [--repeats 5] [--threads 2] [--out FILE.json]
+Usage: python bench/decode.py [--models S M tang-base] [--repeats 5] [--threads 2] [--device cpu] [--out FILE.json]
 Needs the test extras (transformers) and llama-cpp-python (`make llamacpp`); an engine whose
 package is missing is left out and said so.
 """
@@ -57,24 +58,25 @@ def build(name: str, root: Path) -> Path:
     return root / name
 
 
-def aigc_runner(folder: Path, dtype: str, batch: int, prompt: list[int], new: int):
-    tm = aigc.load(folder, device="cpu", dtype=dtype)
+def aigc_runner(folder: Path, dtype: str, batch: int, prompt: list[int], new: int, device: str, compiled: bool):
+    tm = aigc.load(folder, device=device, dtype=dtype)
     settings = SampleConfig(temperature=0.0, max_new_tokens=new, repetition_penalty=1.0)
+    engine = Engine(tm.model, compiled)  # compiled: the warm-up call below pays the compile
 
     def run():
-        rows = [t for t in Engine(tm.model).generate(prompt, batch, settings, seed=0)]
+        rows = [t for t in engine.generate(prompt, batch, settings, seed=0)]
         return [int(r[0]) for r in rows]
     return run
 
 
-def hf_runner(folder: Path, batch: int, prompt: list[int], new: int, root: Path):
+def hf_runner(folder: Path, batch: int, prompt: list[int], new: int, root: Path, device: str):
     import transformers
     out = root / f"hf-{folder.name}"
     if not out.exists():
         tm = aigc.load(folder, device="cpu")
         export_hf(tm.model, tm.tokenizer, out)
-    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = torch.tensor([prompt] * batch)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval().to(device)
+    ids = torch.tensor([prompt] * batch, device=device)
 
     def run():
         with torch.inference_mode():
@@ -101,16 +103,18 @@ def llama_runner(folder: Path, type_: str, prompt: list[int], new: int, root: Pa
     return run
 
 
-def runners(folder: Path, batch: int, prompt: list[int], new: int, root: Path, threads: int) -> dict:
-    out = {f"aigc {d}": aigc_runner(folder, d, batch, prompt, new) for d in ("float32", "bfloat16", "int8")}
+def runners(folder: Path, batch: int, prompt: list[int], new: int, root: Path, args) -> dict:
+    dtypes = ("float32", "bfloat16", "int8") if args.device == "cpu" else ("float32", "bfloat16", "float16")
+    out = {f"aigc {d}{' compiled' * c}": aigc_runner(folder, d, batch, prompt, new, args.device, c)
+           for c in (False, True) for d in dtypes}
     try:
-        out["transformers float32"] = hf_runner(folder, batch, prompt, new, root)
+        out["transformers float32"] = hf_runner(folder, batch, prompt, new, root, args.device)
     except ImportError:
         print("transformers is not installed: left out", file=sys.stderr)
-    if batch == 1:
+    if batch == 1 and args.device == "cpu":  # this llama-cpp-python build runs on the CPU
         try:
             for t in ("f32", "f16", "q8_0"):
-                out[f"llama.cpp {t}"] = llama_runner(folder, t, prompt, new, root, threads)
+                out[f"llama.cpp {t}"] = llama_runner(folder, t, prompt, new, root, args.threads)
         except ImportError:
             print("llama-cpp-python is not installed (make llamacpp): left out", file=sys.stderr)
     return out
@@ -120,7 +124,7 @@ def measure(name: str, folder: Path, batch: int, args, root: Path) -> list[dict]
     tm = aigc.load(folder, device="cpu")
     new = min(args.new, tm.model.context_length - args.prompt)
     prompt = [tm.tokenizer.bos_id] + [10 + (7 * i) % 200 for i in range(args.prompt - 1)]
-    engines = runners(folder, batch, prompt, new, root, args.threads)
+    engines = runners(folder, batch, prompt, new, root, args)
     times = {k: [] for k in engines}
     tokens = {}
     for k, run in engines.items():  # warm-up, and the tokens each engine produces
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (aigc and transformers; llama.cpp on cpu only)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
