@@ -33,7 +33,7 @@ def test_char_tokenizer_round_trips_the_whole_corpus(corpus, tmp_path):
 
 
 def test_bpe_tokenizer_round_trips_the_whole_corpus(corpus, tmp_path):
-    tok = train_bpe_tokenizer(corpus, vocab_size=2000, show_progress=False)
+    tok = train_bpe_tokenizer(corpus[::5], vocab_size=2000, show_progress=False)  # trained on a fifth, tested on all
     assert tok.kind == "bpe" and tok.vocab_size == 2000
     assert_round_trip(tok, corpus)
     tok.save(tmp_path / "tokenizer.json")

@@ -34,7 +34,10 @@ class CompiledDecoder:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.fn = torch.compile(model, dynamic=False, options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        # no guards on the module's attributes (about 0.25 ms a step on M): its weights are frozen into
+        # the graph at the first call anyway, and an inference model does not change
+        self.fn = torch.compile(model, dynamic=False,
+                                options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
         cpu = next(model.parameters()).device.type == "cpu"
         # the inductor settings in force while a graph compiles (the first call of each batch size)
         self.options = dict(freezing=True, max_autotune=cpu, max_autotune_gemm_backends="CPP,ATEN" if cpu else
