@@ -46,7 +46,7 @@ def add_runtime_flags(p: argparse.ArgumentParser, compile_flag: bool = False) ->
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     if compile_flag:
         p.add_argument("--compile", action="store_true", help="decode through a compiled fixed-shape step (gpt "
-                       "models; the first call compiles, tens of seconds on 2 cores; needs a C compiler)")
+                       "models; the first call compiles, about a minute on 2 cores; needs a C compiler)")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:

@@ -11,7 +11,7 @@ runs those products on every thread at several times the rate (bench/RESULTS.md)
 feeds one token per row through a :class:`~aigc.models.transformer.KVCache` made with
 ``static=True``: attention spans all ``block_size`` positions under a length mask, so the shapes
 never change and the graph compiles once per batch size (the first call pays the compile,
-tens of seconds on 2 cores). Prefill stays eager (its length varies).
+about a minute on 2 cores). Prefill stays eager (its length varies).
 
 Freezing bakes the weights into the compiled graph: a model whose weights change after the
 first call needs a new decoder.
