@@ -108,6 +108,14 @@ class _Wrapped(DistributedDataParallel):
             return getattr(self.module, name)
 
 
+def one_update(model: torch.nn.Module, updates: list) -> None:
+    """Raises AigcError for a family with several updates (the DCGAN's two optimizers over parts of
+    the model), which neither DDP nor FSDP covers."""
+    if len(updates) != 1 or updates[0].module is not model:
+        raise AigcError(f"the {model.family} family trains with {len(updates)} optimizers over parts of the model, "
+                        "which data-parallel training does not cover; run it without torchrun")
+
+
 def wrap(model: torch.nn.Module, updates: list, ranks: Ranks, device: torch.device):
     """The model the objectives call: itself on one process, its DDP wrapper under torchrun.
 
@@ -116,9 +124,7 @@ def wrap(model: torch.nn.Module, updates: list, ranks: Ranks, device: torch.devi
     """
     if not ranks.active:
         return model
-    if len(updates) != 1 or updates[0].module is not model:
-        raise AigcError(f"the {model.family} family trains with {len(updates)} optimizers over parts of the model, "
-                        "which data-parallel training does not cover; run it without torchrun")
+    one_update(model, updates)
     return _Wrapped(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

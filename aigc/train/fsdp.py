@@ -49,16 +49,9 @@ def check(t, ranks) -> None:
         raise AigcError("train.fsdp = true with train.compile = true is not supported yet; set one of them to false")
 
 
-def shard(model: torch.nn.Module, updates: list) -> torch.nn.Module:
+def shard(model: torch.nn.Module) -> torch.nn.Module:
     """Shard ``model`` in place over the process group: each of ``model.blocks`` a unit, then the root.
-    Returns ``model`` (its parameters are now ``DTensor`` shards; build the optimizer after this).
-
-    Raises:
-        AigcError: a family with several optimizers (the DCGAN's), which sharded training does not cover.
-    """
-    if len(updates) != 1 or updates[0].module is not model:
-        raise AigcError(f"train.fsdp = true: the {model.family} family trains with {len(updates)} optimizers over "
-                        "parts of the model, which sharded training does not cover; run it without torchrun")
+    Returns ``model`` (its parameters are now ``DTensor`` shards; build the optimizer after this)."""
     for block in getattr(model, "blocks", []):
         fully_shard(block)
     fully_shard(model)

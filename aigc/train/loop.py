@@ -47,7 +47,7 @@ from aigc.models import build_model, family_of
 from aigc.models.lora import add_lora
 from aigc.runtime import autocast, pick_device, set_threads
 from aigc.train import fsdp
-from aigc.train.distributed import Ranks, accumulating, agree, barrier, from_environment, per_rank_batch, wrap
+from aigc.train.distributed import Ranks, accumulating, agree, barrier, from_environment, one_update, per_rank_batch, wrap
 from aigc.train.distributed import start as start_ranks
 from aigc.train.distributed import stop as stop_ranks
 from aigc.train.lock import RunLock
@@ -132,9 +132,10 @@ class _Run:
         model.to(device).train()
         self.updates = task.updates(model)
         self.plain = model  # what rank 0 checkpoints and samples: the model, or under FSDP a full copy on its CPU
-        if t.fsdp:
+        if ranks.sharded:
+            one_update(model, self.updates)
             self.plain = fsdp.cpu_copy(model) if ranks.main else None
-            self.wrapped = fsdp.shard(model, self.updates)  # in place: the optimizers below hold the shards
+            self.wrapped = fsdp.shard(model)  # in place: the optimizers below hold the shards
         else:  # what the objectives call: the model, or DDP's wrapper under torchrun (compiled with train.compile)
             self.wrapped = wrap(model, self.updates, ranks, device)
             self.wrapped = maybe_compile(self.wrapped, t) if ranks.active else self.wrapped
@@ -157,7 +158,7 @@ class _Run:
         """Weights (or adapter weights), optimizers and loop state from ``ckpt``; metric lines
         logged after it are dropped."""
         if ckpt is not None:
-            if self.t.fsdp:  # every rank reads the full checkpoint and keeps its shards
+            if self.ranks.sharded:  # every rank reads the full checkpoint and keeps its shards
                 state, opt_states = read_training_state(ckpt, list(self.optimizers))
                 fsdp.load(self.model, self.optimizers, load_model_folder(ckpt).state_dict(), opt_states)
                 self.state.update(state)
@@ -195,7 +196,7 @@ class _Run:
         """Rank 0 writes a checkpoint and a sample. Under DDP the replicas are identical and no
         collective is needed; under FSDP every rank first takes part in gathering the full state."""
         opt_states = None
-        if self.t.fsdp:
+        if self.ranks.sharded:
             weights, opt_states = fsdp.gather(self.model, self.optimizers, self.ranks)
             if self.ranks.main:
                 self.plain.load_state_dict(weights)
