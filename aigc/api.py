@@ -20,7 +20,8 @@ from pathlib import Path
 
 from aigc.errors import AigcError
 from aigc.folders import resolve_model_folder
-from aigc.formats.model_folder import load_model_folder
+from aigc.config import ImageSampleConfig
+from aigc.formats.model_folder import load_model_folder, read_sample_defaults
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
 from aigc.models import TEXT_FAMILIES
@@ -55,4 +56,6 @@ def load(path: str | Path, device: str = "auto", dtype: str = "float32",
         require_compiler("compile")
     if model.family in TEXT_FAMILIES:
         return TextModel.from_folder(model, folder, compiled=compile)
+    if model.family == "ddpm":
+        return ImageModel(model, folder, read_sample_defaults(folder, ImageSampleConfig))
     return ImageModel(model, folder)

@@ -283,16 +283,34 @@ class SampleConfig:
 
 @dataclass
 class ImageSampleConfig:
-    """Image sampling defaults (the ``[sample]`` of image families): grids written during training."""
+    """Image sampling defaults (the ``[sample]`` of image families): grids written during training and,
+    for diffusion models, the sampler (also the defaults of ``aigc sample`` and the image route)."""
 
     n: int = 64  # images per grid
     nrow: int = 8  # images per grid row
+    sampler: str = "ddim"  # diffusion: ddpm | ddim | dpm++2m
+    steps: int = 20  # diffusion: sampler steps (1 to the model's training timesteps)
+    guidance_scale: float = 3.0  # diffusion: classifier-free guidance (0 = unconditional, 1 = conditional only)
+    eta: float = 0.0  # diffusion, DDIM: 0 = deterministic, 1 = DDPM's variance
+    spacing: str = "trailing"  # diffusion: timestep spacing, trailing | leading
 
     def validate(self) -> None:
         if not 1 <= self.n <= 4096:
             raise AigcError(f"sample.n = {self.n}: expected 1 to 4096 images")
         if not 1 <= self.nrow <= 256:
             raise AigcError(f"sample.nrow = {self.nrow}: expected 1 to 256 images per row")
+        samplers = ("ddpm", "ddim", "dpm++2m")
+        if self.sampler not in samplers:
+            raise AigcError(f"sampler = {self.sampler!r}: unknown (known: {', '.join(samplers)})")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 10000:
+            raise AigcError(f"steps = {self.steps}: expected an integer from 1 to the model's training timesteps")
+        if not 0 <= self.guidance_scale <= 100:  # also rejects NaN
+            raise AigcError(f"guidance_scale = {self.guidance_scale}: expected 0 (unconditional) to 100; 1 = "
+                            "conditional only, above 1 = guided")
+        if not 0 <= self.eta <= 1:
+            raise AigcError(f"eta = {self.eta}: expected a number in [0, 1] (0 = deterministic DDIM)")
+        if self.spacing not in ("trailing", "leading"):
+            raise AigcError(f"spacing = {self.spacing!r}: expected 'trailing' or 'leading'")
 
 
 @dataclass

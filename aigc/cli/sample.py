@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
+import sys
 import warnings
 from pathlib import Path
 
@@ -40,7 +42,20 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=int, default=1, help="enlarge the PNG this many times (nearest pixels)")
     g.add_argument("--reconstruct", nargs="+", metavar="IMAGES", help="VAE: image files or folders to reconstruct")
     g.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="VAE: two images to interpolate between")
-    g.add_argument("--steps", type=int, default=10, help="images in the interpolation strip (default: 10)")
+    g.add_argument("--steps", type=int, help="VAE: images in the interpolation strip (default: 10); diffusion: "
+                   "sampler steps (default: the model's, 1 to its training timesteps)")
+    d = p.add_argument_group("diffusion models (ddpm): --prompt names the class or describes the image")
+    d.add_argument("--sampler", help="ddpm | ddim | dpm++2m (default: the model's)")
+    d.add_argument("--guidance-scale", "--cfg-scale", dest="guidance_scale", type=float,
+                   help="classifier-free guidance: 0 = unconditional, 1 = conditional only, > 1 guided")
+    d.add_argument("--eta", type=float, help="DDIM: 0 = deterministic, 1 = DDPM's variance")
+    d.add_argument("--spacing", help="timestep spacing: trailing | leading")
+    d.add_argument("--inpaint", metavar="IMAGE", help="regenerate the masked part of this image (with --mask)")
+    d.add_argument("--mask", metavar="MASK", help="with --inpaint: white = regenerate, black = keep exactly")
+    d.add_argument("--restore", metavar="IMAGE", help="restore a damaged or noisy image: noise it to --strength "
+                   "and denoise (SDEdit)")
+    d.add_argument("--strength", type=float, default=0.5, help="with --restore: how far back into the noise to "
+                   "go, 0 to 1 (default: 0.5)")
 
 
 def run_sample(args, overrides: list[str]) -> int:
@@ -146,6 +161,13 @@ def _sample_images(model: ImageModel, args) -> int:
         raise AigcError(f"--scale {args.scale} / --nrow {args.nrow}: expected a scale of 1 to 16 and at least 1 per row")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     info = {"model": str(model.folder), "family": model.family, "step": model.step, "seed": seed}
+    if model.family == "ddpm":
+        return _diffuse(model, args, out, info)
+    for flag in ("inpaint", "mask", "restore", "sampler", "guidance_scale", "eta", "spacing"):
+        if getattr(args, flag) is not None:
+            raise AigcError(f"--{flag.replace('_', '-')} is for diffusion models; {args.model} is a "
+                            f"{model.family!r} model")
+    args.steps = 10 if args.steps is None else args.steps
     if args.interpolate:
         images = model.read_images(args.interpolate)
         if len(images) != 2:
@@ -178,4 +200,48 @@ def _sample_images(model: ImageModel, args) -> int:
         what = f"{n} samples"
     save_grid(images, out, nrow, info, scale=args.scale)
     print(f"wrote {out}: {what} (seed {seed})")
+    return 0
+
+
+def _diffuse(model: ImageModel, args, out: Path, info: dict) -> int:
+    """`aigc sample` for diffusion models: a grid from a prompt, an inpainting or a restoration."""
+    if args.reconstruct or args.interpolate:
+        raise AigcError("--reconstruct and --interpolate are for VAEs; a diffusion model restores (--restore) "
+                        "and inpaints (--inpaint with --mask)")
+    if args.mask and not args.inpaint:
+        raise AigcError("--mask goes with --inpaint IMAGE (the image whose masked part is regenerated)")
+    if args.inpaint and not args.mask:
+        raise AigcError("--inpaint needs --mask MASK (white = regenerate, black = keep)")
+    if args.inpaint and args.restore:
+        raise AigcError("--inpaint and --restore are two jobs; give one")
+    settings = model.settings(sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale,
+                              eta=args.eta, spacing=args.spacing)
+    known = mask = None
+    strength, mode = 1.0, "sample"
+    if args.inpaint:
+        known, mask, mode = model.read_edit_image(args.inpaint), model.read_mask(args.mask), "inpaint"
+    elif args.restore:
+        known, strength, mode = model.read_edit_image(args.restore), args.strength, "restore"
+    n = (64 if mode == "sample" else 8) if args.n is None else args.n
+    if model.model.config.conditioning == "none" and args.prompt:
+        print(f"note: {args.model} is an unconditional model; the prompt is ignored", file=sys.stderr)
+    if model.model.config.conditioning == "class" and not args.prompt and args.label is None and mode == "sample":
+        print("note: no --prompt: one column per class", file=sys.stderr)
+    images, seeds, names = model.diffuse(n, args.prompt, info["seed"], settings, known, mask, strength, args.label,
+                                         progress=True)
+    info["parameters"] = {"mode": mode, "n": n, "prompt": args.prompt, "class": args.label,
+                          "conditioned_on": names, **dataclasses.asdict(settings), "seeds": seeds,
+                          "inpaint": args.inpaint, "mask": args.mask, "restore": args.restore,
+                          "strength": strength if args.restore else None}
+    info["seeds"] = seeds
+    every_class = model.classes and not args.prompt and args.label is None
+    nrow = len(model.classes) if every_class else min(args.nrow, n)
+    if known is not None:  # the input first, then the results, in one row up to 16
+        nrow = min(n + 1, 16)
+        images = torch.cat([known.expand(1, -1, -1, -1), images])
+        info["parameters"]["layout"] = "the input image first, then the results"
+    save_grid(images, out, nrow, info, scale=args.scale)
+    print(f"wrote {out}: {n} {'samples' if mode == 'sample' else mode + ' results'}, {settings.sampler} "
+          f"{settings.steps} steps, guidance {settings.guidance_scale:g}; image k has seed {seeds[0]} + k "
+          f"({seeds[0]}..{seeds[-1]}; alone: --n 1 --seed SEED)")
     return 0

@@ -41,6 +41,17 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MAX_IMAGE_PIXELS = 4096 * 4096  # the default of data.max_image_pixels: images are read into 28 to 1024 pixels
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
+# other names of each class, Chinese first (so `--prompt 运动鞋` finds Sneaker); kept with a model trained on them
+FASHION_ALIASES = [["T恤", "上衣", "t-shirt", "tshirt", "top"], ["裤子", "trousers", "pants"], ["套衫", "毛衣", "sweater"],
+                   ["连衣裙", "裙子"], ["外套", "大衣"], ["凉鞋"], ["衬衫"], ["运动鞋", "sneakers"], ["包", "handbag"],
+                   ["短靴", "靴子", "boot"]]
+
+
+def class_aliases(classes: list[str]) -> list[list[str]]:
+    """Other names of each class of a known dataset (Fashion-MNIST's, in Chinese and English), else none."""
+    return [list(a) for a in FASHION_ALIASES] if list(classes) == FASHION_CLASSES else []
+
+
 IMAGE_DATASETS = {
     "fashion-mnist": {
         "path": FASHION_MNIST_DIR,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from aigc.errors import AigcError
 from aigc.evaluate.classifier import FEATURE_SPACE, classifier_info, classify
+from aigc.generate.images import sample_diffusion
 
 
 def _np(x) -> np.ndarray:
@@ -155,7 +156,11 @@ def evaluate_image_model(model, data, n: int = 10000, seed: int = 0, kid_subsets
     fakes = []
     for i in range(0, n, 500):  # generate in chunks: bounded memory
         chunk = None if labels is None else labels[i:i + 500].to(model.device)
-        fakes.append(model.model.generate(min(500, n - i), chunk, gen).cpu())
+        if model.family == "ddpm":  # the model's sampler settings; image k has seed `seed + k`
+            seeds = [seed + k for k in range(i, min(i + 500, n))]
+            fakes.append(sample_diffusion(model.model, model.sample_defaults, seeds, chunk, progress=progress))
+        else:
+            fakes.append(model.model.generate(min(500, n - i), chunk, gen).cpu())
     fake_f, fake_pred = classify(torch.cat(fakes))
     bar.update(1)
     train_f, _ = classify(train_x)

@@ -155,10 +155,10 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
-def read_sample_defaults(folder: str | Path) -> SampleConfig:
-    """The sampling defaults of a text model folder: our generation_config.json as a
-    :class:`~aigc.config.SampleConfig`, or a transformers one's sampling settings carried over
-    (none: the defaults of SampleConfig).
+def read_sample_defaults(folder: str | Path, cls=SampleConfig):
+    """The sampling defaults of a model folder: our generation_config.json as a ``cls``
+    (:class:`~aigc.config.SampleConfig` for text, ``ImageSampleConfig`` for diffusion models), or a
+    transformers one's sampling settings carried over (none: the defaults of ``cls``).
 
     Raises:
         AigcError: our generation_config.json is not valid JSON or has unknown keys.
@@ -168,8 +168,8 @@ def read_sample_defaults(folder: str | Path) -> SampleConfig:
     if folder_kind(folder) == "hf":  # transformers' generation_config.json: carry over its sampling settings
         return sample_defaults_from_hf(path)
     if not path.is_file():
-        return SampleConfig()
-    return build_dataclass(SampleConfig, read_json(path), "sample", str(path))
+        return cls()
+    return build_dataclass(cls, read_json(path), "sample", str(path))
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:

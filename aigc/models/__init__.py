@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from aigc.errors import AigcError
+from aigc.models.ddpm import DDPM, DDPMConfig
 from aigc.models.gan import DCGAN, DCGANConfig
 from aigc.models.lstm import LSTMConfig, LSTMLM
 from aigc.models.transformer import GPT, GPTConfig
@@ -23,9 +24,10 @@ REGISTRY = {
     "lstm": (LSTMConfig, LSTMLM),
     "dcgan": (DCGANConfig, DCGAN),
     "vae": (VAEConfig, VAE),
+    "ddpm": (DDPMConfig, DDPM),
 }
 TEXT_FAMILIES = ("gpt", "lstm")
-IMAGE_FAMILIES = ("dcgan", "vae")
+IMAGE_FAMILIES = ("dcgan", "vae", "ddpm")
 
 
 def config_class(family: str):

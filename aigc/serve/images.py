@@ -1,4 +1,4 @@
-"""The image route: ``/v1/images/generations``, and :func:`class_of_prompt` (which class a prompt asks for).
+"""The image route: ``/v1/images/generations`` (GAN, VAE and diffusion models).
 
 Images come back as base64 PNGs (``b64_json``) carrying their provenance chunks, at the
 model's native size or enlarged up to :data:`MAX_SCALE` times with nearest-neighbour pixels.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
+import dataclasses
+import secrets
 
 from fastapi import APIRouter, Depends, Request
 
@@ -51,16 +52,30 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
                            param="size")
         scale = allowed.index(req.size) + 1
     label = class_of_prompt(im, req.prompt)
-    seed = req.seed
+    seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    diffusion = im.family == "ddpm"
+    knobs = {k: getattr(req, k) for k in ("steps", "guidance_scale", "sampler", "eta", "spacing")}
+    if not diffusion and any(v is not None for v in knobs.values()):
+        raise APIError(400, f"{', '.join(k for k, v in knobs.items() if v is not None)}: for diffusion models; "
+                       f"{name} is a {im.family!r} model", param=next(k for k, v in knobs.items() if v is not None))
+    try:
+        settings = im.settings(**knobs) if diffusion else None
+    except AigcError as e:
+        raise APIError(400, str(e)) from None
 
     def make():
-        images_ = im.generate(req.n, label, seed)  # (n, C, S, S) in [-1, 1]
+        if diffusion:
+            images_, _, _ = im.diffuse(req.n, req.prompt, seed, settings, label=label)
+        else:
+            images_ = im.generate(req.n, label, seed)  # (n, C, S, S) in [-1, 1]
         classes = im.classes
         names = [classes[label] if label is not None else (classes[i % len(classes)] if classes else "")
                  for i in range(req.n)]
         out = []
         for i in range(req.n):
-            info = {"model": name, "seed": seed, "index": i, "class": names[i] or None}
+            info = {"model": name, "seed": seed + i if diffusion else seed, "index": i, "class": names[i] or None}
+            if diffusion:
+                info["parameters"] = {"prompt": req.prompt, **dataclasses.asdict(settings)}
             png = base64.b64encode(png_bytes(images_[i], scale, info)).decode("ascii")
             out.append({"b64_json": png, "revised_prompt": names[i]})
         yield out
@@ -78,32 +93,9 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
 
 
 def class_of_prompt(im: ImageModel, prompt: str) -> int | None:
-    """The class a prompt asks for: a class name or index, or a prompt naming exactly one class
-    (a class name or one of its "/"-separated parts, as a whole word, optionally plural).
-
-    An empty prompt means every class in turn; an unconditional model ignores the prompt.
-
-    Raises:
-        APIError: a conditional model and a prompt that names no class, or several.
-    """
-    classes = im.classes
-    text = prompt.strip()
-    if not classes or not text:
-        return None
+    """The class a prompt asks for (:meth:`ImageModel.class_of_prompt`); a prompt naming no class or
+    several is a 400."""
     try:
-        return im.class_index(text)
-    except AigcError:
-        pass
-    lowered = text.lower()
-    found = {}
-    for i, c in enumerate(classes):
-        for alias in {c.lower(), *c.lower().split("/")}:
-            if alias and re.search(rf"(?<![\w-]){re.escape(alias)}(?:e?s)?(?![\w-])", lowered):
-                found[i] = True
-    if not found:
-        raise APIError(400, f"prompt {prompt!r} names none of this model's classes: {', '.join(classes)}",
-                       param="prompt")
-    if len(found) > 1:
-        raise APIError(400, f"prompt {prompt!r} names several classes ({', '.join(classes[i] for i in found)}); "
-                       "name one", param="prompt")
-    return next(iter(found))
+        return im.class_of_prompt(prompt)
+    except AigcError as e:
+        raise APIError(400, str(e), param="prompt") from None

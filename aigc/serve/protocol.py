@@ -66,9 +66,16 @@ class ChatRequest(SamplingFields):
 
 
 class ImageRequest(Strict):
-    """``POST /v1/images/generations``: ``prompt`` names the class of a conditional model."""
+    """``POST /v1/images/generations``: ``prompt`` names the class of a conditional model. Diffusion
+    models also take ``steps``, ``guidance_scale``, ``sampler``, ``eta`` and ``spacing`` (unset: the
+    model's defaults); image k of a request with ``seed`` s has seed s + k."""
 
     prompt: str = ""
+    steps: int | None = None
+    guidance_scale: float | None = None
+    sampler: str | None = None
+    eta: float | None = None
+    spacing: str | None = None
     model: str | None = None
     n: int | None = 1
     size: str | None = None

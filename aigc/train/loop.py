@@ -372,7 +372,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None,
                               "prepared_data": str(task.data.folder), "data_meta": task.data.meta, **environment(),
                               "parameters": n_params, "trainable_parameters": n_train, "ranks": ranks.world},
                     resumed=ckpt is not None)
-    trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else ""
+    trainable = f" ({n_train:,} trainable: LoRA rank {lora.rank})" if lora is not None else \
+        (f" ({n_train / 1e6:.2f}M trained, the rest an EMA copy)" if n_train < n_params else "")
     ranks_note = f" on each of {ranks.world} ranks (global batch {cfg.train.batch_size * ranks.world * cfg.train.grad_accum}" \
         f"{', FSDP: parameters, gradients and optimizer state sharded' if ranks.sharded else ''})" if ranks.active else ""
     print(f"{family_of(cfg.model)}: {n_params / 1e6:.2f}M parameters{trainable}, {task.describe()}, "

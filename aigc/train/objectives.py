@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aigc.generate.schedulers import NoiseSchedule
+
 
 IGNORE_INDEX = -100  # a target that is not trained on (chat data: tokens outside assistant turns)
 
@@ -72,3 +74,38 @@ def gan_g_loss(model, batch, gen: torch.Generator | None = None) -> tuple[torch.
     logits = model.discriminator(model.generator(model.noise(len(x), gen), y), y).float()
     loss = -logits.mean() if model.config.loss == "hinge" else F.softplus(-logits).mean()
     return loss, {}
+
+
+_SCHEDULES: dict[tuple, NoiseSchedule] = {}
+
+
+def diffusion_loss(model, batch, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Denoising loss (Ho et al. 2020, eq. 14, "L_simple"): ``|| target - net(x_t, t, c) ||^2`` averaged
+    over pixels, with ``t ~ U{0, .., T-1}``, ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` and the target
+    ``eps`` or ``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho 2022). The condition of each
+    example is dropped to the learned null with probability ``p_uncond`` (classifier-free guidance).
+
+    Args:
+        batch: images ``(B, C, S, S)`` float32 in [-1, 1] and the condition: labels ``(B,)`` int64,
+            prompt tokens ``(B, L)`` int64, or None.
+        gen: generator of t, the noise and the condition dropout (CPU).
+    Returns:
+        scalar loss (float32) and no logs (no host sync).
+    """
+    x, cond = batch
+    cfg = model.config
+    key = (cfg.timesteps, cfg.beta_schedule, cfg.beta_start, cfg.beta_end, cfg.zero_terminal_snr)
+    schedule = _SCHEDULES.get(key) or _SCHEDULES.setdefault(key, NoiseSchedule.of(cfg))
+    b = len(x)
+    t = torch.randint(0, cfg.timesteps, (b,), generator=gen).to(x.device)
+    noise = torch.randn(x.shape, generator=gen).to(x.device)
+    drop = (torch.rand(b, generator=gen) < cfg.p_uncond).to(x.device)
+    labels = tokens = None
+    if cfg.conditioning == "class":
+        labels = torch.where(drop, torch.full_like(cond, -1), cond)
+    elif cfg.conditioning == "text":
+        tokens = torch.where(drop[:, None], torch.zeros_like(cond), cond)
+    x_t = schedule.add_noise(x, noise, t)
+    target = noise if cfg.prediction == "epsilon" else schedule.velocity(x, noise, t)
+    out = model(x_t, t, labels, tokens)
+    return F.mse_loss(out.float(), target), {}

@@ -22,13 +22,15 @@ from typing import Callable
 import torch
 
 from aigc.atomic import write_text
+from aigc.data.images import class_aliases
 from aigc.data.prepared import ensure_prepared
 from aigc.data.shards import bits_per_char
 from aigc.errors import AigcError
 from aigc.evaluate.classifier import FEATURE_SPACE, classify
 from aigc.evaluate.images import frechet_distance_features
-from aigc.generate.images import save_grid
+from aigc.generate.images import sample_diffusion, save_grid
 from aigc.generate.text import TextModel
+from aigc.models import family_of
 from aigc.train import objectives
 from aigc.train.distributed import Ranks, total
 
@@ -165,7 +167,8 @@ class ImageTask:
     def __init__(self, cfg, data, device, ranks: Ranks = Ranks()):
         self.cfg, self.data, self.device, self.ranks = cfg, data, device, ranks
         self.tokenizer = None
-        self.generation_config = None
+        # a diffusion model keeps its [sample] (sampler, steps, guidance) as its generation_config.json
+        self.generation_config = dataclasses.asdict(cfg.sample) if family_of(cfg.model) == "ddpm" else None
         self._val_features = None  # classifier features of the val images the GAN's FD is measured against
 
     def configure_model(self, model_cfg, from_base: bool) -> None:
@@ -185,6 +188,8 @@ class ImageTask:
                 raise AigcError(f"the base model's classes {model_cfg.classes} differ from the data's "
                                 f"{self.data.classes}; a conditional model is fine-tuned on the same classes")
             model_cfg.n_classes, model_cfg.classes = len(self.data.classes), list(self.data.classes)
+            if hasattr(model_cfg, "class_aliases") and not from_base:
+                model_cfg.class_aliases = class_aliases(self.data.classes)
         elif not from_base:
             model_cfg.n_classes, model_cfg.classes = 0, []
 
@@ -208,6 +213,8 @@ class ImageTask:
         if model.family == "dcgan":
             return [Update("discriminator", model.discriminator, objectives.gan_d_loss, "d_loss"),
                     Update("generator", model.generator, objectives.gan_g_loss, "g_loss")]
+        if model.family == "ddpm":
+            return [Update("model", model, objectives.diffusion_loss)]
         return [Update("model", model, objectives.vae_loss)]
 
     def _labels(self, y):
@@ -220,7 +227,7 @@ class ImageTask:
         return x.to(self.device, non_blocking=True), self._labels(y)
 
     def after_step(self, model) -> None:
-        if model.family == "dcgan":
+        if model.family in ("dcgan", "ddpm"):
             model.update_ema()
 
     @torch.no_grad()
@@ -241,6 +248,8 @@ class ImageTask:
             model.train()
             return row, (f"val ELBO {row['val_elbo']:.2f} nats/image (reconstruction {row['val_recon']:.2f}, "
                          f"KL {row['val_kl']:.2f})")
+        if model.family == "ddpm":
+            return self._evaluate_diffusion(model, autocast, gen)
         row, message = {}, "no validation metric for this image shape"
         if self.data.shape == (1, 28, 28):
             n = min(1000, len(self.data.images["val"]))
@@ -254,6 +263,24 @@ class ImageTask:
         model.train()
         return row, message
 
+    def _evaluate_diffusion(self, model, autocast, gen) -> tuple[dict, str]:
+        """The denoising loss on val images at timesteps, noise and condition dropout drawn from a fixed
+        seed (the same at every evaluation), with the trained weights and with the EMA."""
+        losses = {"net": 0.0, "ema": 0.0}
+        n = self.cfg.train.eval_batches
+        for _ in range(n):
+            batch = self.batch(gen, "val")
+            state = gen.get_state()
+            for which in losses:
+                gen.set_state(state)  # both weights see the same t and noise
+                net = model if which == "net" or model.ema is None else _EMA(model)
+                with autocast():
+                    loss, _ = objectives.diffusion_loss(net, batch, gen)
+                losses[which] += loss.item() / n
+        model.train()
+        row = {"val_loss": losses["net"], "val_loss_ema": losses["ema"]}
+        return row, f"val denoising loss {losses['net']:.5f} (EMA weights {losses['ema']:.5f})"
+
     def _sample_labels(self, n: int):
         if not self.cfg.model.conditional:
             return None
@@ -264,8 +291,23 @@ class ImageTask:
         k = self.cfg.model.n_classes if self.cfg.model.conditional else 0
         n, nrow = self.cfg.sample.n, (k or self.cfg.sample.nrow)
         gen = torch.Generator().manual_seed(self.cfg.train.seed)  # the same noise at every step
-        images = model.generate(n, self._sample_labels(n), gen).cpu()
+        if model.family == "ddpm":
+            images = sample_diffusion(model, self.cfg.sample, [self.cfg.train.seed + i for i in range(n)],
+                                      self._sample_labels(n))
+        else:
+            images = model.generate(n, self._sample_labels(n), gen).cpu()
         save_grid(images, run_dir / "samples" / f"step-{step:06d}.png", nrow,
                   {"model": str(run_dir), "family": model.family, "step": step, "seed": self.cfg.train.seed,
                    "parameters": {"n": n, "classes": "column i = class i" if k else "unconditional"}})
         model.train()
+
+
+class _EMA(torch.nn.Module):
+    """A diffusion model's EMA weights behind the model's interface (config, forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.config, self.ema = model.config, model.ema
+
+    def forward(self, x, t, labels=None, tokens=None):
+        return self.ema(x, t, labels, tokens)
