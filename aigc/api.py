@@ -22,6 +22,7 @@ from aigc.errors import AigcError
 from aigc.folders import resolve_model_folder
 from aigc.config import ImageSampleConfig
 from aigc.formats.model_folder import load_model_folder, read_sample_defaults
+from aigc.data.tokenizer import Tokenizer
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
 from aigc.models import TEXT_FAMILIES
@@ -57,5 +58,6 @@ def load(path: str | Path, device: str = "auto", dtype: str = "float32",
     if model.family in TEXT_FAMILIES:
         return TextModel.from_folder(model, folder, compiled=compile)
     if model.family == "ddpm":
-        return ImageModel(model, folder, read_sample_defaults(folder, ImageSampleConfig))
+        tokenizer = Tokenizer.load(folder) if getattr(model.config, "conditioning", "") == "text" else None
+        return ImageModel(model, folder, read_sample_defaults(folder, ImageSampleConfig), tokenizer)
     return ImageModel(model, folder)

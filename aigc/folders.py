@@ -21,7 +21,9 @@ from pathlib import Path
 from aigc.errors import AigcError
 
 BUILTIN = Path(__file__).parent / "models" / "builtin"
-BUILTIN_MODELS = {"tang-base": BUILTIN / "tang-base"}  # shipped model folders, loadable by name
+# shipped model folders, loadable by name, and the script that builds each
+BUILTIN_MODELS = {"tang-base": BUILTIN / "tang-base", "color-fashion-t2i": BUILTIN / "color-fashion-t2i"}
+BUILDERS = {"tang-base": "scripts/build_tang_base.py", "color-fashion-t2i": "scripts/build_t2i.py"}
 CONFIG = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -91,7 +93,7 @@ def resolve_model_folder(path: str | Path) -> Path:
     if not Path(path).exists() and str(path) in BUILTIN_MODELS:
         if not (BUILTIN_MODELS[str(path)] / "model.safetensors").is_file():
             raise AigcError(f"{path}: the shipped model is missing from this installation; build it with "
-                            "scripts/build_tang_base.py")
+                            f"{BUILDERS[str(path)]}")
         return BUILTIN_MODELS[str(path)]
     refuse_hub_name(path)
     path = Path(path)

@@ -208,7 +208,8 @@ def test_a_per_sample_seed_reproduces_one_image_of_a_batch(trained):
     batch, seeds, names = model.diffuse(4, "1", seed=10)
     alone, seeds1, _ = model.diffuse(1, "1", seed=seeds[2])
     assert seeds == [10, 11, 12, 13] and names == ["1"] * 4
-    assert torch.equal(batch[2], alone[0]) and not torch.equal(batch[1], alone[0])
+    # the same image up to float rounding: batched kernels may sum in another order (seen: 3e-7 on AVX2)
+    assert torch.allclose(batch[2], alone[0], atol=1e-5) and not torch.allclose(batch[1], alone[0], atol=1e-2)
 
 
 def test_inpainting_keeps_the_unmasked_pixels_exactly(trained, tmp_path):
@@ -272,7 +273,8 @@ def test_the_image_route_takes_a_prompt_steps_guidance_and_seed(trained):
     assert [json.loads(p.text["aigc:seed"]) for p in pngs] == [4, 5]
     assert json.loads(pngs[0].text["aigc:parameters"])["sampler"] == "dpm++2m"
     alone = client.post("/v1/images/generations", json={**body, "n": 1, "seed": 5}).json()["data"][0]
-    assert np.array_equal(np.asarray(pngs[1]), np.asarray(Image.open(io.BytesIO(base64.b64decode(alone["b64_json"])))))
+    again = np.asarray(Image.open(io.BytesIO(base64.b64decode(alone["b64_json"])))).astype(int)
+    assert np.abs(np.asarray(pngs[1]).astype(int) - again).max() <= 1  # up to float rounding
     for bad, param in (({"steps": 0}, "steps"), ({"sampler": "euler"}, "sampler"), ({"guidance_scale": -2}, "guidance"),
                        ({"prompt": "a cat"}, "classes")):
         r = client.post("/v1/images/generations", json={**body, **bad})

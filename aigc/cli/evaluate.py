@@ -17,6 +17,7 @@ from aigc.data.prepared import ensure_prepared, use_base_tokenizer
 from aigc.errors import AigcError
 from aigc.evaluate.code import TASKS, load_problems, reference_completions, score
 from aigc.evaluate.images import evaluate_image_model
+from aigc.evaluate.t2i import evaluate_text_to_image
 from aigc.evaluate.sandbox import check_sandbox
 from aigc.evaluate.text import diversity_metrics, heldout_metrics
 from aigc.folders import run_of
@@ -37,7 +38,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="score at most this many val tokens (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
     p.add_argument("--out", help="JSON output path (default: RUN/eval.json)")
-    p.add_argument("--images", type=int, default=10000, help="image models: generated images to score (default: 10000)")
+    p.add_argument("--images", type=int, help="image models: generated images to score (default: 10000; text-to-image: "
+                   "2000, half over the table's 160 prompt cells, half for FD)")
     add_sampling_flags(p, title="sampling of the diversity samples and code completions (unset: the model's "
                                 "generation_config.json)")
     g = p.add_argument_group("code (--task): completions run in a sandbox")
@@ -189,7 +191,9 @@ def _eval_code(args) -> int:
 
 def _eval_images(model: ImageModel, cfg, args, run_dir: Path | None) -> int:
     """`aigc eval` for image models: FD, KID, precision/recall in classifier features, with reference rows."""
-    n = args.images
+    if model.reads_text:
+        return _eval_text_to_image(model, cfg, args, run_dir)
+    n = 10000 if args.images is None else args.images
     if not 10 <= n <= 100_000:
         raise AigcError(f"--images {n}: expected 10 to 100000 generated images")
     data = ensure_prepared(cfg, progress=not args.quiet)
@@ -210,6 +214,35 @@ def _eval_images(model: ImageModel, cfg, args, run_dir: Path | None) -> int:
               f"chance {1 / len(res['class_accuracy']):.2f}):")
         for name, acc in res["class_accuracy"].items():
             print(f"  {name:14s} {acc:.3f}")
+    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
+    write_json(out, res)
+    print(f"written to {out}")
+    return 0
+
+
+def _eval_text_to_image(model: ImageModel, cfg, args, run_dir: Path | None) -> int:
+    """`aigc eval` for text-to-image models: class and colour accuracy per guidance scale, seen and held-out
+    colour x garment pairs, English and Chinese prompts; FD/KID/PR of the garments (aigc.evaluate.t2i)."""
+    n = 2000 if args.images is None else args.images
+    if not 320 <= n <= 100_000:
+        raise AigcError(f"--images {n}: expected 320 to 100000 (half over 160 prompt cells, half for FD)")
+    data = ensure_prepared(cfg, progress=not args.quiet)
+    if data.captions is None or data.shape != (3, 32, 32):
+        raise AigcError(f"{data.folder}: the text-to-image checks need the color-fashion dataset (3x32x32, captioned)")
+    res = evaluate_text_to_image(model, data, per_prompt=max(1, n // 2 // 160), fd_images=n // 2, seed=args.seed,
+                                 progress=not args.quiet)
+    res.update({"model": str(model.folder), "family": model.family, "step": model.step, "data": str(data.folder)})
+    print(f"class / colour accuracy, {res['per_prompt']} images per prompt, 10 prompts per cell "
+          f"({res['settings']['sampler']}, {res['settings']['steps']} steps)")
+    cells = next(iter(res["cells"].values()))
+    print(f"{'guidance':>8s} " + " ".join(f"{c:>19s}" for c in cells))
+    for g, row in res["cells"].items():
+        print(f"{g:>8s} " + " ".join(f"{r['class_accuracy']:9.3f} {r['colour_accuracy']:9.3f}" for r in row.values()))
+    f, real = res["fd"], res["real"]
+    print(f"{res['fd_images']} images for val captions: FD {f['fd']:.3f}, KID {f['kid']:.4f}, precision "
+          f"{f['precision']:.3f}, recall {f['recall']:.3f}, class {f['class_accuracy']:.3f}, colour "
+          f"{f['colour_accuracy']:.3f}; the real val images: class {real['class_accuracy']:.3f}, colour "
+          f"{real['colour_accuracy']:.3f}")
     out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
     write_json(out, res)
     print(f"written to {out}")

@@ -227,6 +227,12 @@ def _diffuse(model: ImageModel, args, out: Path, info: dict) -> int:
         print(f"note: {args.model} is an unconditional model; the prompt is ignored", file=sys.stderr)
     if model.model.config.conditioning == "class" and not args.prompt and args.label is None and mode == "sample":
         print("note: no --prompt: one column per class", file=sys.stderr)
+    if model.reads_text and args.label is not None:
+        raise AigcError(f"--class is for class-conditional models; {args.model} reads a prompt: --prompt "
+                        "'a red dress'")
+    if model.reads_text and not (args.prompt or "").strip():
+        print("note: an empty prompt: unconditional samples (the model's learned null prompt; guidance has "
+              "nothing to guide towards)", file=sys.stderr)
     images, seeds, names = model.diffuse(n, args.prompt, info["seed"], settings, known, mask, strength, args.label,
                                          progress=True)
     info["parameters"] = {"mode": mode, "n": n, "prompt": args.prompt, "class": args.label,

@@ -7,7 +7,8 @@
   unconditional prediction u and the conditional one c; scale 0 is u alone and 1 is c alone
   (each one network pass), above 1 both in one batch of 2B;
 - draws every random number of image k from its own generator seeded ``seeds[k]``, so image
-  k of a batch is the image a batch of one with that seed makes;
+  k of a batch is the image a batch of one with that seed makes (up to float rounding: batched
+  kernels may add in another order, about 1e-7, at most one 8-bit level in a PNG);
 - with ``known`` and ``mask`` (1 = regenerate) replaces the kept pixels after every step by the
   known image noised to that step's level and pastes them exactly at the end (replacement-based
   inpainting; RePaint, Lugmayr et al. 2022, without its resampling jumps);
@@ -20,6 +21,7 @@ Every result is checked finite: a NaN is an error, never a black image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -87,7 +89,6 @@ def check_guidance(scale: float) -> None:
                         "only, above 1 = guided")
 
 
-@torch.no_grad()
 def denoise(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condition, guidance: float = 1.0,
             known: torch.Tensor | None = None, mask: torch.Tensor | None = None, strength: float = 1.0,
             progress: bool = False) -> torch.Tensor:
@@ -101,9 +102,26 @@ def denoise(model, sampler: Sampler, steps: int, seeds: list[int], cond: Conditi
         known: images ``(B, C, S, S)`` in [-1, 1] to inpaint (with ``mask``) or restore (with ``strength``).
         mask: ``(B, 1, S, S)`` or ``(B, C, S, S)`` float, 1 where pixels are regenerated, 0 where kept exactly.
         strength: restoration: the noise level to start from, as a share of T (0 < strength <= 1).
+        progress: a progress bar on stderr.
     Raises:
         AigcError: bad steps, guidance or strength; a sample that is not finite.
     """
+    bar = None
+    for done, total, images in denoising(model, sampler, steps, seeds, cond, guidance, known, mask, strength):
+        if progress and bar is None:
+            bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
+        if bar is not None and images is None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return images
+
+
+def denoising(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condition, guidance: float = 1.0,
+              known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+              strength: float = 1.0) -> Iterator[tuple[int, int, torch.Tensor | None]]:
+    """:func:`denoise` one step at a time: yields ``(steps done, steps in all, None)`` after each sampler
+    step, then ``(total, total, images)``. The server advances it one step per scheduling round."""
     check_guidance(guidance)
     if not 0 < strength <= 1:
         raise AigcError(f"strength = {strength}: expected a number in (0, 1] (the share of the noise schedule "
@@ -130,20 +148,22 @@ def denoise(model, sampler: Sampler, steps: int, seeds: list[int], cond: Conditi
     was = net.training
     net.eval()
     try:
-        for t in tqdm(timesteps, desc="denoising", unit="step", disable=not progress, leave=False):
-            out = guided(net, x, t, cond, guidance).float()
-            noise = draw(gens, shape, device) if sampler.needs_noise else None
-            x = sampler.step(out, t, x, noise)
-            if mask is not None:
-                s = sampler.prev(t)
-                if s is None:
-                    x = mask * x + (1 - mask) * known  # the kept pixels, exactly
-                else:
-                    ts = torch.full((len(seeds),), s, dtype=torch.long, device=device)
-                    x = mask * x + (1 - mask) * schedule.add_noise(known, draw(gens, shape, device), ts)
+        for i, t in enumerate(timesteps):
+            with torch.no_grad():
+                out = guided(net, x, t, cond, guidance).float()
+                noise = draw(gens, shape, device) if sampler.needs_noise else None
+                x = sampler.step(out, t, x, noise)
+                if mask is not None:
+                    s = sampler.prev(t)
+                    if s is None:
+                        x = mask * x + (1 - mask) * known  # the kept pixels, exactly
+                    else:
+                        ts = torch.full((len(seeds),), s, dtype=torch.long, device=device)
+                        x = mask * x + (1 - mask) * schedule.add_noise(known, draw(gens, shape, device), ts)
+            yield i + 1, len(timesteps), None
     finally:
         net.train(was)
     if not torch.isfinite(x).all():
         raise AigcError("the sampler produced non-finite pixels (NaN or inf); no image written. Try another "
                         "sampler, fewer guidance or float32 (--dtype float32)")
-    return x.clamp(-1, 1).cpu()
+    yield len(timesteps), len(timesteps), x.clamp(-1, 1).cpu()

@@ -24,8 +24,9 @@ from PIL.PngImagePlugin import PngInfo
 from aigc.atomic import atomic_path, read_json
 from aigc.data.images import IMAGE_SUFFIXES, read_image_file, to_signed, to_uint8
 from aigc.config import ImageSampleConfig
-from aigc.errors import AigcError
-from aigc.generate.diffusion import Condition, denoise, sampler_for
+from aigc.data.captions import encode_prompts
+from aigc.errors import AigcError, check_unicode
+from aigc.generate.diffusion import Condition, denoise, denoising, sampler_for
 from aigc.version import __version__
 
 
@@ -91,6 +92,19 @@ def sample_diffusion(model, settings: ImageSampleConfig, seeds: list[int], label
     """Images ``(len(seeds), C, S, S)`` in [-1, 1] from a ``ddpm`` model with ``settings``' sampler, steps,
     guidance, eta and spacing; ``labels (B,)`` (-1 = unconditional) or ``tokens (B, L)`` condition them;
     ``edit`` passes ``known``, ``mask`` and ``strength`` to :func:`aigc.generate.diffusion.denoise`."""
+    sampler, cond = _prepare(model, settings, seeds, labels, tokens)
+    return denoise(model, sampler, settings.steps, seeds, cond, settings.guidance_scale, progress=progress, **edit)
+
+
+def diffusion_steps(model, settings: ImageSampleConfig, seeds: list[int], labels: torch.Tensor | None = None,
+                    tokens: torch.Tensor | None = None, **edit):
+    """:func:`sample_diffusion` one sampler step at a time (:func:`aigc.generate.diffusion.denoising`):
+    yields ``(steps done, steps in all, None)``, then ``(total, total, images)``."""
+    sampler, cond = _prepare(model, settings, seeds, labels, tokens)
+    return denoising(model, sampler, settings.steps, seeds, cond, settings.guidance_scale, **edit)
+
+
+def _prepare(model, settings: ImageSampleConfig, seeds, labels, tokens):
     settings.validate()
     if settings.steps > model.config.timesteps:
         raise AigcError(f"steps = {settings.steps}: this model was trained with {model.config.timesteps} timesteps; "
@@ -100,7 +114,7 @@ def sample_diffusion(model, settings: ImageSampleConfig, seeds: list[int], label
         labels = torch.full((len(seeds),), -1, dtype=torch.long)
     cond = Condition(labels if model.config.conditioning == "class" else None,
                      tokens if model.config.conditioning == "text" else None)
-    return denoise(model, sampler, settings.steps, seeds, cond, settings.guidance_scale, progress=progress, **edit)
+    return sampler, cond
 
 
 class ImageModel:
@@ -111,8 +125,8 @@ class ImageModel:
     writes them as PNG.
     """
 
-    def __init__(self, model, folder: Path, sample_defaults: ImageSampleConfig | None = None):
-        self.model, self.folder = model, folder
+    def __init__(self, model, folder: Path, sample_defaults: ImageSampleConfig | None = None, tokenizer=None):
+        self.model, self.folder, self.tokenizer = model, folder, tokenizer
         self.device = next(model.parameters()).device
         self.sample_defaults = sample_defaults or ImageSampleConfig()
 
@@ -235,16 +249,29 @@ class ImageModel:
                 settings: ImageSampleConfig | None = None, known: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, strength: float = 1.0, label: str | int | None = None,
                 progress: bool = False) -> tuple[torch.Tensor, list[int], list[str]]:
-        """Diffusion models: ``n`` images for ``prompt`` (a class name for a class-conditional model),
-        optionally inpainting ``known`` where ``mask`` is 1 or restoring it from ``strength``.
+        """Diffusion models: ``n`` images for ``prompt`` (a class name for a class-conditional model,
+        a description for a text-to-image one), optionally inpainting ``known`` where ``mask`` is 1 or
+        restoring it from ``strength``.
 
         Returns:
             images ``(n, C, S, S)`` float32 in [-1, 1]; the seed of each (image k alone, with that seed,
             is the same image); what each image was conditioned on ("" = unconditional).
         Raises:
-            AigcError: not a diffusion model, bad settings, a prompt naming no class, an image or mask
-                of another shape.
+            AigcError: not a diffusion model, bad settings, a prompt naming no class (or too long, or with
+                characters a text model never read), an image or mask of another shape.
         """
+        seeds, names, args, edit = self._diffusion_inputs(n, prompt, seed, settings, known, mask, strength, label)
+        return sample_diffusion(*args, progress=progress, **edit), seeds, names
+
+    def diffusion_job(self, n: int = 1, prompt: str = "", seed: int | None = None,
+                      settings: ImageSampleConfig | None = None, label: str | int | None = None):
+        """:meth:`diffuse` one sampler step at a time, for the server: ``(steps, seeds, names)`` where
+        ``steps`` yields ``(done, total, None)`` per step and finally ``(total, total, images)``.
+        Every input is checked before this returns."""
+        seeds, names, args, edit = self._diffusion_inputs(n, prompt, seed, settings, None, None, 1.0, label)
+        return diffusion_steps(*args, **edit), seeds, names
+
+    def _diffusion_inputs(self, n, prompt, seed, settings, known, mask, strength, label):
         if self.family != "ddpm":
             raise AigcError(f"prompts, inpainting and restoration need a diffusion model; {self.folder} is a "
                             f"{self.family!r} model")
@@ -253,14 +280,32 @@ class ImageModel:
         settings = settings or self.settings()
         seed = secrets.randbelow(2**31) if seed is None else seed
         seeds = [seed + i for i in range(n)]
-        labels, names = None, [""] * n
+        labels, tokens, names = None, None, [""] * n
         if self.model.config.conditioning == "class":
             k = self.class_index(label) if label is not None else self.class_of_prompt(prompt)
             ids = [k] * n if k is not None else [i % len(self.classes) for i in range(n)]
             labels, names = torch.tensor(ids, dtype=torch.long), [self.classes[i] for i in ids]
+        elif self.model.config.conditioning == "text":
+            tokens, names = self.prompt_tokens([prompt or ""] * n), [(prompt or "").strip()] * n
         edit = self._edit_inputs(n, known, mask, strength)
-        images = sample_diffusion(self.model, settings, seeds, labels, None, progress, **edit)
-        return images, seeds, names
+        return seeds, names, (self.model, settings, seeds, labels, tokens), edit
+
+    @property
+    def reads_text(self) -> bool:
+        """True for a text-to-image model (its prompt is free text, not a class name)."""
+        return getattr(self.model.config, "conditioning", "") == "text"
+
+    def prompt_tokens(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> ``(B, text_len)`` int64 character ids for a text-to-image model ("" = unconditional).
+
+        Raises:
+            AigcError: not a text model, a prompt over the model's length or with a character it never read.
+        """
+        if not self.reads_text or self.tokenizer is None:
+            raise AigcError(f"{self.folder}: not a text-to-image model (no caption tokenizer)")
+        for p in prompts:
+            check_unicode(p, "prompt")
+        return encode_prompts(self.tokenizer, prompts, self.model.config.text_len)
 
     def _edit_inputs(self, n: int, known, mask, strength: float) -> dict:
         """``known`` images and ``mask`` checked against the model's shape and repeated to ``n`` rows."""

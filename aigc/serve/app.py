@@ -164,6 +164,9 @@ def describe(served: Served, name: str) -> dict:
                  "defaults": {"temperature": m.defaults.temperature, "top_k": m.defaults.top_k,
                               "top_p": m.defaults.top_p, "max_tokens": m.defaults.max_new_tokens}}
     else:
-        extra = {"kind": "image", "family": m.family, "classes": m.classes,
+        extra = {"kind": "image", "family": m.family, "classes": m.classes, "prompt": m.reads_text,
                  "sizes": sizes(m.model.config.image_size)}
+        if m.family == "ddpm":  # the sampler's defaults, for the page's step and guidance boxes
+            d = m.sample_defaults
+            extra["defaults"] = {"steps": d.steps, "guidance_scale": d.guidance_scale, "sampler": d.sampler}
     return {"id": name, "object": "model", "created": served.created[name], "owned_by": "aigc", "aigc": extra}

@@ -12,6 +12,7 @@ import dataclasses
 import secrets
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 
 from aigc.errors import AigcError
 from aigc.generate.images import ImageModel, png_bytes
@@ -63,33 +64,69 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
     except AigcError as e:
         raise APIError(400, str(e)) from None
 
+    if req.stream and not diffusion:
+        raise APIError(400, f"stream: for diffusion models (progress per sampler step); {name} is a {im.family!r} "
+                       "model and answers at once", param="stream")
+    if diffusion:  # every input checked here, before the job is queued
+        try:
+            steps, seeds, names = im.diffusion_job(req.n, req.prompt, seed, settings, label=label)
+        except AigcError as e:
+            raise APIError(400, str(e), param="prompt") from None
+
     def make():
         if diffusion:
-            images_, _, _ = im.diffuse(req.n, req.prompt, seed, settings, label=label)
+            for done, total, images_ in steps:
+                if images_ is None:
+                    yield {"type": "image_generation.progress", "step": done, "total_steps": total}
         else:
             images_ = im.generate(req.n, label, seed)  # (n, C, S, S) in [-1, 1]
-        classes = im.classes
-        names = [classes[label] if label is not None else (classes[i % len(classes)] if classes else "")
-                 for i in range(req.n)]
-        out = []
-        for i in range(req.n):
-            info = {"model": name, "seed": seed + i if diffusion else seed, "index": i, "class": names[i] or None}
-            if diffusion:
-                info["parameters"] = {"prompt": req.prompt, **dataclasses.asdict(settings)}
-            png = base64.b64encode(png_bytes(images_[i], scale, info)).decode("ascii")
-            out.append({"b64_json": png, "revised_prompt": names[i]})
-        yield out
+        yield {"type": "image_generation.completed", "data": encode(im, name, req, images_, seed, scale,
+                                                                     settings, label)}
 
     job = served.submit(make)
+    if req.stream:
+        return StreamingResponse(stream_events(served, name, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(watch_disconnect(request, job))
     data = []
     try:
-        async for out in job.results():
-            data = out
+        async for event in job.results():
+            data = event.get("data", data)
     finally:
         watcher.cancel()
     served.metrics.images.labels(name).inc(len(data))
     return {"created": P.now(), "data": data}
+
+
+async def stream_events(served: Served, name: str, job):
+    """The SSE body of a streamed image request: progress events, the completed event, ``[DONE]``."""
+    try:
+        async for event in job.results():
+            if event["type"] == "image_generation.completed":
+                served.metrics.images.labels(name).inc(len(event["data"]))
+                event["created"] = P.now()
+            yield P.encode_sse(event)
+    except (AigcError, ValueError) as e:
+        yield P.encode_sse(P.error_body(str(e)))
+    yield "data: [DONE]\n\n"
+
+
+def encode(im: ImageModel, name: str, req, images, seed: int, scale: int, settings, label) -> list[dict]:
+    """Images ``(n, C, S, S)`` in [-1, 1] -> OpenAI's ``data`` items: base64 PNGs with provenance chunks."""
+    classes, diffusion = im.classes, im.family == "ddpm"
+    names = [classes[label] if label is not None else (classes[i % len(classes)] if classes else "")
+             for i in range(req.n)]
+    if im.reads_text:
+        names = [(req.prompt or "").strip()] * req.n
+    out = []
+    for i in range(req.n):
+        info = {"model": name, "seed": seed + i if diffusion else seed, "index": i,
+                ("prompt" if im.reads_text else "class"): names[i] or None}
+        if diffusion:
+            info["parameters"] = {"prompt": req.prompt, **dataclasses.asdict(settings)}
+        png = base64.b64encode(png_bytes(images[i], scale, info)).decode("ascii")
+        out.append({"b64_json": png, "revised_prompt": names[i]})
+    return out
 
 
 def class_of_prompt(im: ImageModel, prompt: str) -> int | None:

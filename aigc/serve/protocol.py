@@ -10,6 +10,7 @@ ignored, as OpenAI's server does.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -68,9 +69,13 @@ class ChatRequest(SamplingFields):
 class ImageRequest(Strict):
     """``POST /v1/images/generations``: ``prompt`` names the class of a conditional model. Diffusion
     models also take ``steps``, ``guidance_scale``, ``sampler``, ``eta`` and ``spacing`` (unset: the
-    model's defaults); image k of a request with ``seed`` s has seed s + k."""
+    model's defaults); image k of a request with ``seed`` s has seed s + k. A text-to-image model reads
+    ``prompt`` as a description ("a red dress", "红色的连衣裙"; "" = unconditional). With ``stream`` a
+    diffusion model's answer is server-sent events: ``image_generation.progress`` after every sampler
+    step (``step``, ``total_steps``), then ``image_generation.completed`` holding ``data``, then ``[DONE]``."""
 
     prompt: str = ""
+    stream: bool = False
     steps: int | None = None
     guidance_scale: float | None = None
     sampler: str | None = None
@@ -121,3 +126,8 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def encode_sse(obj) -> str:
+    """One server-sent event carrying ``obj`` as JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 import warnings
 from typing import Callable, Iterator
@@ -31,11 +30,6 @@ from aigc.serve.scheduler import Job
 from aigc.serve.state import Served, ServeLimits, check_seed, get_served, watch_disconnect
 
 router = APIRouter()
-
-
-def encode_sse(obj) -> str:
-    """One server-sent event carrying ``obj`` as JSON."""
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 # ------------------------------------------------------------ settings and prompts
@@ -192,14 +186,14 @@ async def run_text(request: Request, served: Served, name: str, prompts: list[Pr
     async def events():
         try:
             for chunk in make_chunk(None):  # opening chunks (chat: the assistant role)
-                yield encode_sse(chunk)
+                yield P.encode_sse(chunk)
             async for k, step in job.results():
                 for c, piece, fin in choices.absorb(k, step):
-                    yield encode_sse(make_chunk((c, piece, fin)))
+                    yield P.encode_sse(make_chunk((c, piece, fin)))
             if include_usage:
-                yield encode_sse(make_chunk(("usage", P.usage(prompt_tokens, sum(choices.tokens)))))
+                yield P.encode_sse(make_chunk(("usage", P.usage(prompt_tokens, sum(choices.tokens)))))
         except (AigcError, ValueError) as e:
-            yield encode_sse(P.error_body(str(e)))
+            yield P.encode_sse(P.error_body(str(e)))
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from aigc.atomic import write_text
+from aigc.data.captions import COLORS, GARMENTS, caption, encode_prompts
 from aigc.data.images import class_aliases
 from aigc.data.prepared import ensure_prepared
 from aigc.data.shards import bits_per_char
@@ -192,6 +193,15 @@ class ImageTask:
                 model_cfg.class_aliases = class_aliases(self.data.classes)
         elif not from_base:
             model_cfg.n_classes, model_cfg.classes = 0, []
+        if getattr(model_cfg, "conditioning", "") == "text":
+            if self.data.tokenizer is None:
+                raise AigcError(f"model.conditioning = 'text' but {self.data.folder} has no captions (use a captioned "
+                                "dataset: data.dataset = 'color-fashion')")
+            if from_base and model_cfg.vocab_size != self.data.tokenizer.vocab_size:
+                raise AigcError(f"the base model reads {model_cfg.vocab_size} caption characters, the data's "
+                                f"tokenizer has {self.data.tokenizer.vocab_size}; fine-tune on the same captions")
+            model_cfg.vocab_size = self.data.tokenizer.vocab_size
+            self.tokenizer = self.data.tokenizer  # saved beside the weights: prompts are read with it
 
     def check_model(self, model_cfg) -> None:
         pass
@@ -220,11 +230,21 @@ class ImageTask:
     def _labels(self, y):
         return y.to(self.device) if (y is not None and self.cfg.model.conditional) else None
 
+    @property
+    def text(self) -> bool:
+        return getattr(self.cfg.model, "conditioning", "") == "text"
+
     def batch(self, gen: torch.Generator, split: str = "train"):
-        x, y = self.data.batch(split, self.cfg.train.batch_size * (self.ranks.world if split == "train" else 1), gen)
+        """Images ``(B, C, S, S)`` on the device and their condition: labels ``(B,)``, caption tokens
+        ``(B, text_len)`` (text-conditional models) or None."""
+        idx = self.data.draw(split, self.cfg.train.batch_size * (self.ranks.world if split == "train" else 1), gen)
+        x, y = self.data.tensors(split, idx)
+        if self.text:
+            y = self.data.caption_tokens(split, idx, self.cfg.model.text_len)
         if split == "train":
             x, y = _my_slice(self.ranks, x), _my_slice(self.ranks, y)
-        return x.to(self.device, non_blocking=True), self._labels(y)
+        x = x.to(self.device, non_blocking=True)
+        return x, (y.to(self.device) if self.text else self._labels(y))
 
     def after_step(self, model) -> None:
         if model.family in ("dcgan", "ddpm"):
@@ -288,17 +308,22 @@ class ImageTask:
 
     def write_sample(self, model, run_dir: Path, step: int) -> None:
         model.eval()
-        k = self.cfg.model.n_classes if self.cfg.model.conditional else 0
+        k = self.cfg.model.n_classes if self.cfg.model.conditional else (len(GARMENTS) if self.text else 0)
         n, nrow = self.cfg.sample.n, (k or self.cfg.sample.nrow)
         gen = torch.Generator().manual_seed(self.cfg.train.seed)  # the same noise at every step
         if model.family == "ddpm":
+            tokens = None
+            if self.text:  # column i = garment i, row j = colour j
+                prompts = [caption(i // k % len(COLORS), i % k, 0, False) for i in range(n)]
+                tokens = encode_prompts(self.tokenizer, prompts, self.cfg.model.text_len)
             images = sample_diffusion(model, self.cfg.sample, [self.cfg.train.seed + i for i in range(n)],
-                                      self._sample_labels(n))
+                                      self._sample_labels(n), tokens)
         else:
             images = model.generate(n, self._sample_labels(n), gen).cpu()
         save_grid(images, run_dir / "samples" / f"step-{step:06d}.png", nrow,
                   {"model": str(run_dir), "family": model.family, "step": step, "seed": self.cfg.train.seed,
-                   "parameters": {"n": n, "classes": "column i = class i" if k else "unconditional"}})
+                   "parameters": {"n": n, "classes": ("column i = garment i, row j = colour j" if self.text else
+                                                       "column i = class i" if k else "unconditional")}})
         model.train()
 
 

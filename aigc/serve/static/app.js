@@ -76,7 +76,16 @@ function showModel() {
       $("size").append(option);
     });
     $("size").value = m.aigc.sizes[Math.min(2, m.aigc.sizes.length - 1)];
-    $("model-info").textContent = m.aigc.classes.length ? `${m.aigc.classes.length} classes` : "";
+    $("model-info").textContent = m.aigc.prompt ? "text to image" :
+      m.aigc.classes.length ? `${m.aigc.classes.length} classes` : "";
+    $("img-prompt-row").hidden = !m.aigc.prompt;
+    $("class-label").hidden = !!m.aigc.prompt;
+    const d = m.aigc.defaults;
+    for (const el of document.querySelectorAll(".diffusion")) el.hidden = !d;
+    if (d) {
+      $("img-steps").value = d.steps;
+      $("img-guidance").value = d.guidance_scale;
+    }
   } else {
     const d = m.aigc.defaults;
     $("temperature").value = d.temperature;
@@ -195,31 +204,36 @@ async function generateText() {
 async function generateImages() {
   const m = current();
   const n = number("n-images") || 1;
-  const body = { model: m.id, prompt: $("class").value, n, size: $("size").value,
-                 response_format: "b64_json", seed: number("img-seed") };
+  const diffusion = !!m.aigc.defaults;
+  const body = { model: m.id, prompt: m.aigc.prompt ? $("img-prompt").value : $("class").value, n,
+                 size: $("size").value, response_format: "b64_json", seed: number("img-seed") };
+  if (diffusion) Object.assign(body, { steps: number("img-steps"), guidance_scale: number("img-guidance"),
+                                       stream: true });
   $("img-generate").disabled = true;
   $("download").disabled = true;
   status("generating…", true);
+  const bar = $("img-progress");
+  bar.value = 0;
+  bar.hidden = !diffusion;
   const start = performance.now();
   try {
     const response = await fetch("/v1/images/generations", { method: "POST", headers: headers(),
                                                              body: JSON.stringify(body) });
     if (!response.ok) throw new Error(await errorOf(response));
-    const data = (await response.json()).data;
-    $("grid").innerHTML = "";
-    for (const item of data) {
-      const figure = document.createElement("figure");
-      const img = document.createElement("img");
-      img.src = "data:image/png;base64," + item.b64_json;
-      img.alt = item.revised_prompt || "generated image";
-      figure.append(img);
-      if (item.revised_prompt) {
-        const caption = document.createElement("figcaption");
-        caption.textContent = item.revised_prompt;
-        figure.append(caption);
-      }
-      $("grid").append(figure);
-    }
+    let data = [];
+    if (diffusion) {  // server-sent events: progress after every sampler step, then the images
+      let failed = null;
+      await readEvents(response, (event) => {
+        if (event.error) failed = event.error.message;
+        else if (event.type === "image_generation.progress") {
+          bar.max = event.total_steps;
+          bar.value = event.step;
+          status(`denoising: step ${event.step} of ${event.total_steps}`, true);
+        } else if (event.type === "image_generation.completed") data = event.data;
+      });
+      if (failed) throw new Error(failed);
+    } else data = (await response.json()).data;
+    showImages(data);
     $("img-stats").textContent = `${data.length} images in ${((performance.now() - start) / 1000).toFixed(2)} s`;
     $("download").disabled = data.length === 0;
     status("", true);
@@ -227,6 +241,24 @@ async function generateImages() {
     status("error: " + e.message);
   } finally {
     $("img-generate").disabled = false;
+    bar.hidden = true;
+  }
+}
+
+function showImages(data) {
+  $("grid").innerHTML = "";
+  for (const item of data) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = "data:image/png;base64," + item.b64_json;
+    img.alt = item.revised_prompt || "generated image";
+    figure.append(img);
+    if (item.revised_prompt) {
+      const caption = document.createElement("figcaption");
+      caption.textContent = item.revised_prompt;
+      figure.append(caption);
+    }
+    $("grid").append(figure);
   }
 }
 
