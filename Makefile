@@ -58,8 +58,10 @@ sandbox:
 	fi
 
 # Fine-tune tang-base (the shipped base model) on the ci of Xin Qiji for about two minutes, then print
-# for the same prompts and seeds the ci of the base model and of the fine-tuned one; then a
-# class-conditional DCGAN on Fashion-MNIST for two minutes, and a grid of its images.
+# for the same prompts and seeds the ci of the base model and of the fine-tuned one; then images from
+# prompts in English and Chinese by the shipped text-to-image diffusion model (color-fashion-t2i), and a
+# class-conditional DCGAN trained for one minute as the (rough) demonstration of image training.
+T2I_PROMPTS := "a red dress" "a blue sneaker" "黄色的包" "一件绿色的外套"
 demo: install fashion-mnist
 	$(BIN)/aigc train configs/xin-qiji-finetune.toml --train.out_dir=$(RUN)
 	@seed=0; for p in $(PROMPTS); do \
@@ -70,13 +72,18 @@ demo: install fashion-mnist
 		seed=$$((seed + 100)); \
 	done
 	@echo; echo "run folder: $(RUN) (loss curves in $(RUN)/loss.png)"
-	@echo; echo "=== images: a class-conditional DCGAN on Fashion-MNIST, two minutes"
-	$(BIN)/aigc train configs/fashion-dcgan.toml --train.out_dir=$(IMGRUN) --train.max_minutes=2 --train.min_lr=2e-4 \
-		--train.eval_interval=250 --train.checkpoint_interval=250
-	$(BIN)/aigc sample $(IMGRUN) --n 100 --seed 0 --scale 3 --out $(IMGRUN)/grid.png
-	@echo "one column per class: $(IMGRUN)/grid.png (training curves: $(IMGRUN)/loss.png, grids over time: $(IMGRUN)/samples/)"
-	@echo; echo "serve both (OpenAI-compatible API and a web page on http://127.0.0.1:8000/):"; \
-		echo "  $(BIN)/aigc serve $(RUN) $(IMGRUN)"
+	@echo; echo "=== images from a prompt: the shipped text-to-image diffusion model color-fashion-t2i"
+	@mkdir -p $(IMGRUN); i=0; for p in $(T2I_PROMPTS); do i=$$((i + 1)); \
+		$(BIN)/aigc sample color-fashion-t2i --prompt "$$p" --n 8 --seed 0 --scale 4 --out $(IMGRUN)/prompt-$$i.png \
+			|| exit 1; done
+	@echo "    $(IMGRUN)/prompt-{1..4}.png: $(T2I_PROMPTS)"
+	@echo; echo "=== image training: a class-conditional DCGAN on Fashion-MNIST for one minute (rough by design)"
+	$(BIN)/aigc train configs/fashion-dcgan.toml --train.out_dir=$(IMGRUN)/dcgan --train.max_minutes=1 \
+		--train.min_lr=2e-4 --train.eval_interval=250 --train.checkpoint_interval=250
+	$(BIN)/aigc sample $(IMGRUN)/dcgan --n 100 --seed 0 --scale 3 --out $(IMGRUN)/dcgan-grid.png
+	@echo "one column per class: $(IMGRUN)/dcgan-grid.png (training curves: $(IMGRUN)/dcgan/loss.png)"
+	@echo; echo "serve them (OpenAI-compatible API and a web page on http://127.0.0.1:8000/):"; \
+		echo "  $(BIN)/aigc serve $(RUN) color-fashion-t2i $(IMGRUN)/dcgan"
 
 # llama.cpp's Python binding, built from source (10 to 20 minutes on 2 cores): the GGUF tests then run
 # our exports in llama.cpp itself instead of skipping that part. Not part of `make test`.

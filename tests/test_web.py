@@ -84,3 +84,58 @@ def test_image_model_shows_a_grid_and_downloads_it(page, tmp_path):
     page.click("#img-generate")
     page.wait_for_function("document.getElementById('status').textContent.includes('error')")
     assert "n = 500: expected 1 to 64" in page.text_content("#status")
+
+
+@pytest.fixture(scope="module")
+def t2i_page(tmp_path_factory):
+    """A page on a server of its own holding one tiny, randomly initialised text-to-image model."""
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    from aigc.data.captions import caption_tokenizer
+    from aigc.formats.model_folder import save_model_folder
+    from aigc.models.ddpm import DDPM, DDPMConfig
+    from conftest import start_server
+
+    folder = tmp_path_factory.mktemp("t2i") / "t2i"
+    tok = caption_tokenizer(["a red dress", "红色的连衣裙"])
+    torch.manual_seed(0)
+    model = DDPM(DDPMConfig(image_size=8, channels=3, base_channels=8, channel_mults=[1, 2], blocks_per_level=1,
+                            heads=2, groups=4, timesteps=20, conditioning="text", vocab_size=tok.vocab_size,
+                            text_len=16, text_width=16, text_layers=1))
+    save_model_folder(folder, model, tok, {"n": 4, "nrow": 4, "sampler": "ddim", "steps": 5, "guidance_scale": 3.0,
+                                           "eta": 0.0, "spacing": "trailing"})
+    proc, url = start_server({"t2i": folder})
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+        yield page
+        browser.close()
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_a_text_to_image_model_takes_a_prompt_and_shows_progress(t2i_page):
+    page = t2i_page
+    assert page.is_visible("#img-prompt") and not page.is_visible("#class")
+    assert page.input_value("#img-steps") == "5" and page.input_value("#img-guidance") == "3"
+    page.evaluate("""() => {
+        window.progress = [];
+        new MutationObserver(() => window.progress.push(document.getElementById('status').textContent))
+            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+    }""")
+    page.fill("#img-prompt", "红色的连衣裙")
+    page.fill("#n-images", "3")
+    page.click("#img-generate")
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 3", timeout=60_000)
+    captions = page.eval_on_selector_all("#grid figcaption", "c => c.map(x => x.textContent)")
+    assert captions == ["红色的连衣裙"] * 3
+    assert "denoising: step 5 of 5" in page.evaluate("window.progress")
+    assert page.text_content("#status") == "" and not page.is_visible("#img-progress")
+    page.fill("#img-prompt", "a red ☃")  # a character the model never read: the server's message
+    page.click("#img-generate")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('error')", timeout=30_000)
+    assert "U+2603" in page.text_content("#status")

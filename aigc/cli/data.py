@@ -45,6 +45,9 @@ def _data_config(args, overrides: list[str]):
         image = ((args.dataset or raw.get("dataset")) in IMAGE_DATASETS or bool(image_only & set(raw))
                  or raw.get("format") in ("idx", "folder", "npy") or (bool(source) and looks_like_images(source)))
         data = build_dataclass(ImageDataConfig if image else DataConfig, raw, "data", "command line")
+        shape = IMAGE_DATASETS.get(args.dataset or raw.get("dataset"), {}).get("shape")
+        if shape and not {"channels", "image_size"} & set(raw):  # a named dataset of its own shape
+            data.channels, data.image_size = shape
     for flag in ("dataset", "source", "tokenizer", "vocab_size", "field", "separator", "glob"):
         value = getattr(args, flag)
         if value is not None:

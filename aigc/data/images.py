@@ -65,6 +65,7 @@ IMAGE_DATASETS = {
         "path": FASHION_MNIST_DIR,
         "classes": FASHION_CLASSES,
         "captioned": True,
+        "shape": (3, PAD),  # channels, image_size
         "description": "Fashion-MNIST garments painted in 8 colours, 32x32 RGB, captioned in English and Chinese; "
                        "10 colour x class pairs held out of train (built here from fashion-mnist: aigc.data.captions)",
     },

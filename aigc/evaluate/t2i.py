@@ -37,7 +37,7 @@ def prompt_sets() -> dict[str, list[tuple[int, int, str]]]:
     return out
 
 
-def _sample(model, settings, prompts: list[str], seed: int, chunk: int = 200, bar=None) -> torch.Tensor:
+def sample_prompts(model, settings, prompts: list[str], seed: int, chunk: int = 200, bar=None) -> torch.Tensor:
     images = []
     for i in range(0, len(prompts), chunk):
         part = prompts[i:i + chunk]
@@ -74,7 +74,7 @@ def evaluate_text_to_image(model, data, per_prompt: int = 10, fd_images: int = 1
         cells[f"{g:g}"] = {}
         for name, rows in sets.items():
             prompts = [p for _, _, p in rows for _ in range(per_prompt)]
-            images = _sample(model, settings, prompts, seed, bar=bar)
+            images = sample_prompts(model, settings, prompts, seed, bar=bar)
             colours = torch.tensor([c for c, _, _ in rows for _ in range(per_prompt)])
             garments = torch.tensor([k for _, k, _ in rows for _ in range(per_prompt)])
             cells[f"{g:g}"][name] = score(images, colours, garments)
@@ -82,7 +82,7 @@ def evaluate_text_to_image(model, data, per_prompt: int = 10, fd_images: int = 1
     idx = torch.randperm(len(data.images["val"]), generator=gen)[:fd_images].numpy()
     real, labels = data.tensors("val", idx)
     prompts = [data.captions["val"][i] for i in idx]
-    fake = _sample(model, model.settings(), prompts, seed + 10**6, bar=bar)
+    fake = sample_prompts(model, model.settings(), prompts, seed + 10**6, bar=bar)
     bar.close()
     real_f, _ = classify(garment_gray(real))
     fake_f, _ = classify(garment_gray(fake))

@@ -1,0 +1,144 @@
+"""Text-to-image diffusion on color-fashion: the benchmark rows of bench/RESULTS.md.
+
+    python bench/t2i.py table   --model color-fashion-t2i --per-prompt 10 --fd-images 1000
+    python bench/t2i.py steps   --model color-fashion-t2i --images 300
+    python bench/t2i.py inpaint --model color-fashion-t2i --images 500
+
+``table``: class and colour accuracy per guidance scale (0, 1, 3, 7) for seen and held-out colour x
+garment prompts in English and Chinese, and FD/KID/PR of the garments for val captions
+(:func:`aigc.evaluate.t2i.evaluate_text_to_image`, as ``aigc eval`` runs it).
+``steps``: FD, KID, class and colour accuracy and images per second for each sampler and step count
+(DDPM, DDIM, DPM-Solver++(2M)), prompts from the val captions, guidance 3; a PNG plot.
+``inpaint``: val images whose centre half (16x16 of 32x32) is masked, refilled from their own caption,
+scored against the real val images beside the masked input left grey.
+Every score is in the shipped classifier's features of the garment's intensity; results go to
+bench/results/t2i-*.json (and .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aigc  # noqa: E402
+from aigc.config import load_config  # noqa: E402
+from aigc.data.captions import garment_gray  # noqa: E402
+from aigc.data.prepared import ensure_prepared  # noqa: E402
+from aigc.evaluate.classifier import classify  # noqa: E402
+from aigc.evaluate.images import all_metrics  # noqa: E402
+from aigc.evaluate.t2i import evaluate_text_to_image, sample_prompts, score  # noqa: E402
+from aigc.generate.images import sample_diffusion  # noqa: E402
+
+OUT = ROOT / "bench" / "results"
+SWEEP = [("ddpm", 1000), ("ddpm", 100), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("dpm++2m", 10), ("dpm++2m", 20)]
+
+
+def val_prompts(data, n: int, seed: int = 0):
+    idx = torch.randperm(len(data.images["val"]), generator=torch.Generator().manual_seed(seed))[:n].numpy()
+    real, labels = data.tensors("val", idx)
+    return idx, real, labels, [data.captions["val"][i] for i in idx]
+
+
+def table(args, model, data) -> None:
+    res = evaluate_text_to_image(model, data, per_prompt=args.per_prompt, fd_images=args.fd_images)
+    (OUT / "t2i-table.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    print("| guidance | " + " | ".join(f"{c}: class / colour" for c in next(iter(res["cells"].values()))) + " |")
+    for g, row in res["cells"].items():
+        print(f"| {g} | " + " | ".join(f"{r['class_accuracy']:.3f} / {r['colour_accuracy']:.3f}"
+                                      for r in row.values()) + " |")
+    print(json.dumps({"fd": res["fd"], "real": res["real"]}))
+
+
+def steps(args, model, data) -> None:
+    idx, real, labels, prompts = val_prompts(data, args.images)
+    colours = torch.from_numpy(data.colors["val"][idx])
+    real_f, _ = classify(garment_gray(real))
+    rows = []
+    for name, k in SWEEP:
+        n = args.images if k <= 100 else args.ddpm1000_images
+        start = time.perf_counter()
+        fake = sample_prompts(model, model.settings(sampler=name, steps=k, guidance_scale=args.guidance), prompts[:n], 0)
+        seconds = time.perf_counter() - start
+        fake_f, _ = classify(garment_gray(fake))
+        row = {"sampler": name, "steps": k, "images": n, "images_per_s": n / seconds,
+               **all_metrics(real_f, fake_f), **score(fake, colours[:n], labels[:n])}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (OUT / "t2i-steps.json").write_text(json.dumps({"guidance": args.guidance, "rows": rows}, indent=1))
+    plot(rows, OUT / "t2i-steps.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        rs = [r for r in rows if r["sampler"] == name]
+        a.plot([r["steps"] for r in rs], [r["fd"] for r in rs], "o-", label=name)
+        b.plot([r["steps"] for r in rs], [r["images_per_s"] for r in rs], "o-", label=name)
+    for ax, label in ((a, "FD (classifier features of the garment)"), (b, "images per second (2 CPU threads)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("color-fashion-t2i: quality and speed against sampler steps (guidance 3)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def inpaint(args, model, data) -> None:
+    idx, real, labels, prompts = val_prompts(data, args.images, seed=1)
+    colours = torch.from_numpy(data.colors["val"][idx])
+    real_f, _ = classify(garment_gray(val_prompts(data, args.images, seed=2)[1]))  # other real images
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1  # the centre half of each side
+    grey = real * (1 - mask)  # the masked input, its hole mid-grey (0 in [-1, 1])
+    rows = {"masked input left grey": grey}
+    settings = model.settings()
+    out = []
+    for i in range(0, len(prompts), 200):
+        part = slice(i, i + 200)
+        n = len(prompts[part])
+        out.append(sample_diffusion(model.model, settings, list(range(i, i + n)), None,
+                                    model.prompt_tokens(prompts[part]), known=real[part],
+                                    mask=mask.expand(n, 3, -1, -1)))
+    rows["inpainted (regenerated from the caption)"] = torch.cat(out)
+    result = {}
+    for name, images in rows.items():
+        f, _ = classify(garment_gray(images))
+        result[name] = {**all_metrics(real_f, f), **score(images, colours, labels)}
+        print(name, json.dumps(result[name]), flush=True)
+    result["real val images (ceiling)"] = score(real, colours, labels)
+    (OUT / "t2i-inpaint.json").write_text(json.dumps(result, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["table", "steps", "inpaint"])
+    ap.add_argument("--model", default="color-fashion-t2i")
+    ap.add_argument("--per-prompt", type=int, default=10)
+    ap.add_argument("--fd-images", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--ddpm1000-images", type=int, default=100)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = aigc.load(args.model)
+    data = ensure_prepared(load_config(ROOT / "configs" / "color-fashion-t2i.toml"), False)
+    {"table": table, "steps": steps, "inpaint": inpaint}[args.what](args, model, data)
+
+
+if __name__ == "__main__":
+    main()
