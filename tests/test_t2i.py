@@ -182,3 +182,34 @@ def test_the_evaluation_scores_cells_and_its_ceiling(t2i_run):
     assert all(0 <= c["class_accuracy"] <= 1 and c["images"] == 10 for c in res["cells"]["0"].values())
     assert res["real"]["colour_accuracy"] == 1.0 and res["real"]["class_accuracy"] > 0.75  # the checkers on real data
     assert np.isfinite(res["fd"]["fd"])
+
+
+def test_a_folder_with_metadata_jsonl_is_a_captioned_dataset(tmp_path, capsys):
+    from aigc.cli import main
+    from aigc.data.images import ImageData
+
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        name = f"sub/{i}.png" if i % 2 else f"{i}.png"
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / name)
+        rows.append(json.dumps({"file_name": name, "text": f"picture {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "prepared"
+    args = ["prepare", "--source", str(folder), "--data.channels=3", "--data.image_size=8", "--data.val_fraction=0.34",
+            "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    data = ImageData(out)
+    assert sorted(data.captions["train"] + data.captions["val"]) == [f"picture {i}" for i in range(6)]
+    assert len(data.captions["val"]) == 2 and data.colors is None
+    x, _ = data.tensors("train", [0])
+    k = int(data.captions["train"][0].split()[1])  # each caption stays with its own image
+    assert x[0, 0, 0, 0].item() == pytest.approx(40 * k / 127.5 - 1)
+    (folder / "metadata.jsonl").write_text("\n".join(rows[:5]) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "p2")]) == 2
+    assert "no caption for 'sub/5.png'" in capsys.readouterr().err
+    (folder / "metadata.jsonl").write_text('{"file_name": "0.png"}\n', encoding="utf-8")
+    assert main([*args, "--out", str(tmp_path / "p3")]) == 2
+    assert 'metadata.jsonl:1: expected an object with "file_name" and "text"' in capsys.readouterr().err

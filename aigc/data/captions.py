@@ -17,13 +17,15 @@ characters; a longer prompt or a character outside the vocabulary is refused by 
 from __future__ import annotations
 
 import colorsys
+import json
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from aigc.data.tokenizer import Tokenizer, train_char_tokenizer
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_unicode
 
 # name, Chinese name, RGB (0-255, brightest channel 255 so a garment's intensity is its max channel)
 COLORS = [("red", "红色", (255, 40, 40)), ("orange", "橙色", (255, 140, 0)), ("yellow", "黄色", (255, 230, 0)),
@@ -93,6 +95,42 @@ def build_color_fashion(splits: dict, seed: int) -> dict:
         captions = [caption(int(c), int(k), int(t), bool(z)) for c, k, t, z in zip(colours, labels, templates, chinese)]
         out[name] = (colorize(gray, colours), labels, colours.astype(np.int64), captions)
     return out
+
+
+def read_metadata_captions(folder: Path, files: list[Path]) -> list[str] | None:
+    """The captions of an image folder from its ``metadata.jsonl`` (the layout of Hugging Face's
+    ImageFolder: one JSON object per line, ``file_name`` relative to the folder and the caption in
+    ``text`` or ``caption``), in the order of ``files``; None when the folder has no such file.
+
+    Raises:
+        AigcError: a line that is not a JSON object with those fields (named by line), a caption for a
+            file that is not there, or an image without a caption.
+    """
+    path = folder / "metadata.jsonl"
+    if not path.is_file():
+        return None
+    captions: dict[str, str] = {}
+    for no, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AigcError(f"{path}:{no}: not JSON ({e.msg})") from None
+        text = row.get("text", row.get("caption")) if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not isinstance(text, str):
+            raise AigcError(f"{path}:{no}: expected an object with \"file_name\" and \"text\" (or \"caption\") strings")
+        check_unicode(text, f"{path}:{no} caption")
+        captions[Path(row["file_name"]).as_posix()] = text
+    names = [f.relative_to(folder).as_posix() for f in files]
+    stray = sorted(set(captions) - set(names))
+    if stray:
+        raise AigcError(f"{path}: a caption for {stray[0]!r}, which is not an image in {folder}")
+    missing = [n for n in names if n not in captions]
+    if missing:
+        raise AigcError(f"{path}: no caption for {missing[0]!r} ({len(missing)} images without one); every image "
+                        "of a captioned folder needs one")
+    return [captions[n] for n in names]
 
 
 def normalise_prompt(text: str) -> str:

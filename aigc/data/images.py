@@ -35,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from aigc.atomic import atomic_dir, read_json, write_json
-from aigc.data.captions import PAD, build_color_fashion, caption_tokenizer, encode_prompts
+from aigc.data.captions import PAD, build_color_fashion, caption_tokenizer, encode_prompts, read_metadata_captions
 from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
 
@@ -214,6 +214,11 @@ def read_image_file(path: Path, channels: int, size: int, resize: bool,
             from None
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder``, sorted: the order of every array made from it."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def read_image_folder(folder: Path, channels: int, size: int, resize: bool, progress: bool = True,
                       max_pixels: int = MAX_IMAGE_PIXELS):
     """Every image under ``folder`` -> (uint8 (N, C, H, W), labels or None, class names).
@@ -221,7 +226,7 @@ def read_image_folder(folder: Path, channels: int, size: int, resize: bool, prog
     Raises:
         AigcError: no images, or an image that cannot be decoded (named).
     """
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise AigcError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     classes = sorted({p.relative_to(folder).parts[0] for p in files if len(p.relative_to(folder).parts) > 1})
@@ -360,7 +365,7 @@ def load_source(cfg, progress: bool = True):
                 fmt = "npy"
             else:
                 fmt = "idx"
-        classes = []
+        classes, captions = [], None
         if fmt == "idx":
             splits = read_idx_folder(path) if path.is_dir() else {"train": (read_idx(path), None)}
         elif fmt == "folder":
@@ -368,6 +373,7 @@ def load_source(cfg, progress: bool = True):
                 raise AigcError(f"{path}: data.format = 'folder' needs a folder of images")
             x, y, classes = read_image_folder(path, cfg.channels, cfg.image_size, resize, progress, cfg.max_image_pixels)
             splits = {"train": (x, y)}
+            captions = read_metadata_captions(path, image_files(path))  # metadata.jsonl, when there is one
         else:
             splits = {"train": read_array_file(path, cfg.channels, cfg.image_size, resize)}
     out = {}
@@ -386,6 +392,8 @@ def load_source(cfg, progress: bool = True):
         val, train = perm[:n_val], perm[n_val:]
         result = {"train": (x[train], None if y is None else y[train]),
                   "val": (x[val], None if y is None else y[val])}
+        if not cfg.dataset and fmt == "folder" and captions is not None:  # no colours: those are color-fashion's
+            result = {k: (*v, None, [captions[i] for i in part]) for (k, v), part in zip(result.items(), (train, val))}
     return result, classes, fmt
 
 
@@ -404,8 +412,9 @@ def prepare_images(cfg, out: str | Path | None = None, progress: bool = True) ->
             if y is not None:
                 np.save(tmp / f"{name}-labels.npy", y)
             meta["splits"][name] = {"images": int(len(x)), "labelled": y is not None}
-            if painted:  # a captioned dataset: each image's colour and caption
-                np.save(tmp / f"{name}-colors.npy", painted[0])
+            if painted:  # a captioned dataset: each image's caption (and color-fashion's colour)
+                if painted[0] is not None:
+                    np.save(tmp / f"{name}-colors.npy", painted[0])
                 write_json(tmp / f"{name}-captions.json", painted[1])
                 captions += painted[1]
         if captions:
@@ -437,7 +446,8 @@ class ImageData:
         if self.meta.get("captioned"):
             try:
                 self.captions = {s: read_json(self.folder / f"{s}-captions.json", list) for s in ("train", "val")}
-                self.colors = {s: np.load(self.folder / f"{s}-colors.npy", allow_pickle=False) for s in ("train", "val")}
+                if (self.folder / "train-colors.npy").is_file():
+                    self.colors = {s: np.load(self.folder / f"{s}-colors.npy", allow_pickle=False) for s in ("train", "val")}
                 self.tokenizer = Tokenizer.load(self.folder / "tokenizer.json")
             except (AigcError, OSError, ValueError) as e:
                 raise AigcError(f"{self.folder}: not a complete captioned image dataset ({e}); delete it and "

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from aigc.atomic import write_text
-from aigc.data.captions import COLORS, GARMENTS, caption, encode_prompts
+from aigc.data.captions import COLORS, GARMENTS, caption, encode_prompts, normalise_prompt
 from aigc.data.images import class_aliases
 from aigc.data.prepared import ensure_prepared
 from aigc.data.shards import bits_per_char
@@ -201,6 +201,10 @@ class ImageTask:
                 raise AigcError(f"the base model reads {model_cfg.vocab_size} caption characters, the data's "
                                 f"tokenizer has {self.data.tokenizer.vocab_size}; fine-tune on the same captions")
             model_cfg.vocab_size = self.data.tokenizer.vocab_size
+            longest = max((normalise_prompt(c) for s in ("train", "val") for c in self.data.captions[s]), key=len)
+            if len(longest) > model_cfg.text_len:
+                raise AigcError(f"a caption of {len(longest)} characters ({longest[:40]!r}...) is longer than "
+                                f"model.text_len = {model_cfg.text_len}; raise model.text_len")
             self.tokenizer = self.data.tokenizer  # saved beside the weights: prompts are read with it
 
     def check_model(self, model_cfg) -> None:
@@ -308,13 +312,17 @@ class ImageTask:
 
     def write_sample(self, model, run_dir: Path, step: int) -> None:
         model.eval()
-        k = self.cfg.model.n_classes if self.cfg.model.conditional else (len(GARMENTS) if self.text else 0)
+        k = self.cfg.model.n_classes if self.cfg.model.conditional else (
+            len(GARMENTS) if self.text and self.data.colors is not None else 0)
         n, nrow = self.cfg.sample.n, (k or self.cfg.sample.nrow)
         gen = torch.Generator().manual_seed(self.cfg.train.seed)  # the same noise at every step
         if model.family == "ddpm":
             tokens = None
-            if self.text:  # column i = garment i, row j = colour j
+            if self.text and self.data.colors is not None:  # color-fashion: column i = garment i, row j = colour j
                 prompts = [caption(i // k % len(COLORS), i % k, 0, False) for i in range(n)]
+            elif self.text:  # another captioned folder: its first val captions
+                prompts = [self.data.captions["val"][i % len(self.data.captions["val"])] for i in range(n)]
+            if self.text:
                 tokens = encode_prompts(self.tokenizer, prompts, self.cfg.model.text_len)
             images = sample_diffusion(model, self.cfg.sample, [self.cfg.train.seed + i for i in range(n)],
                                       self._sample_labels(n), tokens)
@@ -322,7 +330,8 @@ class ImageTask:
             images = model.generate(n, self._sample_labels(n), gen).cpu()
         save_grid(images, run_dir / "samples" / f"step-{step:06d}.png", nrow,
                   {"model": str(run_dir), "family": model.family, "step": step, "seed": self.cfg.train.seed,
-                   "parameters": {"n": n, "classes": ("column i = garment i, row j = colour j" if self.text else
+                   "parameters": {"n": n, "classes": ("column i = garment i, row j = colour j" if self.text and k else
+                                                       "the val captions" if self.text else
                                                        "column i = class i" if k else "unconditional")}})
         model.train()
 
