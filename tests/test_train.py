@@ -123,3 +123,18 @@ def test_cli_help_on_every_verb(capsys):
         with pytest.raises(SystemExit) as stop:
             main([verb, "--help"])
         assert stop.value.code == 0 and "usage: aigc " + verb in capsys.readouterr().out
+
+
+def test_a_resume_after_the_time_limit_says_which_setting_to_raise(tmp_path, small_corpus, capsys):
+    from aigc.cli import main
+
+    cfg = tiny_config(tmp_path, small_corpus, max_steps=100000, max_minutes=0.002)  # 0.12 s: a few steps at most
+    assert main(["train", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume"]) == 0
+    err = "".join(capsys.readouterr())  # tqdm.write prints to stdout
+    assert "time limit of 0.002 minutes (wall) reached" in err
+    assert "the limit counts the whole run, resumes included: to go on, resume with --train.max_minutes=" in err
+    assert main(["train", str(cfg), "--resume", "--train.max_minutes=0.02"]) == 0  # a larger limit goes on
+    steps = int((tmp_path / "run" / "checkpoints" / "latest").read_text().strip().split("-")[-1])
+    assert steps > 1 and "resumes included" not in "".join(capsys.readouterr())

@@ -268,6 +268,7 @@ class _Run:
         """
         t, state, unit = self.t, self.state, self.task.unit
         step, items_per_step = state["step"], self.task.items_per_step()
+        first_step = step
         start_time = time.time() - state["elapsed_s"]
         start_cpu = time.process_time() - state.get("cpu_s", 0.0)
         limit_s = t.max_minutes * 60
@@ -280,7 +281,9 @@ class _Run:
                 (elapsed,), _ = agree([elapsed], [], self.ranks)  # every rank the same limit and learning rate
                 if limit_s and elapsed >= limit_s:  # 1)
                     if self.ranks.main:
-                        bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}")
+                        again = (f"; the limit counts the whole run, resumes included: to go on, resume with "
+                                 f"--train.max_minutes={2 * t.max_minutes:g} (say)") if step == first_step else ""
+                        bar.write(f"time limit of {t.max_minutes} minutes ({t.time_limit}) reached at step {step}{again}")
                     break
                 progress_frac = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)  # 2)
                 if limit_s:
@@ -306,6 +309,9 @@ class _Run:
                     self.log(row)
                     shown = {k.replace("train_", ""): f"{row[k]:.3f}" for k in (u.loss_key for u in self.updates)}
                     bar.set_postfix(**shown, **{f"{unit[:3]}_s": f"{rate:,.0f}"}, lr=f"{lr:.1e}")
+                    if limit_s and rate > 0:  # the bar's total (and ETA): where the time limit will stop the run
+                        left_steps = (limit_s - elapsed) * rate / items_per_step
+                        bar.total = max(step, min(t.max_steps, int(step + left_steps)))
                 if step % t.eval_interval == 0:
                     self.evaluate(step)
                 if step % t.checkpoint_interval == 0:
