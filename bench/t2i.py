@@ -3,6 +3,7 @@
     python bench/t2i.py table   --model color-fashion-t2i --per-prompt 10 --fd-images 1000
     python bench/t2i.py steps   --model color-fashion-t2i --images 300
     python bench/t2i.py inpaint --model color-fashion-t2i --images 500
+    python bench/t2i.py grid    --model color-fashion-t2i     # 8 colours x 10 garments, English and Chinese
 
 ``table``: class and colour accuracy per guidance scale (0, 1, 3, 7) for seen and held-out colour x
 garment prompts in English and Chinese, and FD/KID/PR of the garments for val captions
@@ -37,8 +38,8 @@ from aigc.evaluate.images import all_metrics  # noqa: E402
 from aigc.evaluate.t2i import evaluate_text_to_image, sample_prompts, score  # noqa: E402
 from aigc.generate.images import sample_diffusion  # noqa: E402
 
-OUT = ROOT / "bench" / "results"
-SWEEP = [("ddpm", 1000), ("ddpm", 100), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("dpm++2m", 10), ("dpm++2m", 20)]
+OUT = Path(__import__("os").environ.get("T2I_OUT", ROOT / "bench" / "results"))
+SWEEP = [("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("dpm++2m", 10), ("dpm++2m", 20)]
 
 
 def val_prompts(data, n: int, seed: int = 0):
@@ -63,6 +64,8 @@ def steps(args, model, data) -> None:
     real_f, _ = classify(garment_gray(real))
     rows = []
     for name, k in SWEEP:
+        if k > model.model.config.timesteps:
+            continue
         n = args.images if k <= 100 else args.ddpm1000_images
         start = time.perf_counter()
         fake = sample_prompts(model, model.settings(sampler=name, steps=k, guidance_scale=args.guidance), prompts[:n], 0)
@@ -83,7 +86,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for name in dict.fromkeys(r["sampler"] for r in rows):
-        rs = [r for r in rows if r["sampler"] == name]
+        rs = [r for r in rows if r["sampler"] == name and r["images"] >= 128]  # FD needs more samples than features
+        if not rs:
+            continue
         a.plot([r["steps"] for r in rs], [r["fd"] for r in rs], "o-", label=name)
         b.plot([r["steps"] for r in rs], [r["images_per_s"] for r in rs], "o-", label=name)
     for ax, label in ((a, "FD (classifier features of the garment)"), (b, "images per second (2 CPU threads)")):
@@ -123,9 +128,22 @@ def inpaint(args, model, data) -> None:
     (OUT / "t2i-inpaint.json").write_text(json.dumps(result, indent=1))
 
 
+def grid(args, model, data) -> None:
+    """One image per colour x garment (rows: colours, columns: garments), English or Chinese prompts."""
+    from aigc.data.captions import COLORS, GARMENTS, caption
+    from aigc.generate.images import save_grid
+
+    for lang in ("en", "zh"):
+        prompts = [caption(c, k, 0, lang == "zh") for c in range(len(COLORS)) for k in range(len(GARMENTS))]
+        images = sample_prompts(model, model.settings(), prompts, 0)
+        save_grid(images, OUT / f"t2i-grid-{lang}.png", len(GARMENTS),
+                  {"model": args.model, "seed": 0, "parameters": {"prompts": prompts, "layout": "rows: colours, "
+                                                                  "columns: garments; image k has seed k"}}, scale=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["table", "steps", "inpaint"])
+    ap.add_argument("what", choices=["table", "steps", "inpaint", "grid"])
     ap.add_argument("--model", default="color-fashion-t2i")
     ap.add_argument("--per-prompt", type=int, default=10)
     ap.add_argument("--fd-images", type=int, default=1000)
@@ -137,7 +155,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = aigc.load(args.model)
     data = ensure_prepared(load_config(ROOT / "configs" / "color-fashion-t2i.toml"), False)
-    {"table": table, "steps": steps, "inpaint": inpaint}[args.what](args, model, data)
+    {"table": table, "steps": steps, "inpaint": inpaint, "grid": grid}[args.what](args, model, data)
 
 
 if __name__ == "__main__":
