@@ -13,19 +13,26 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One headless Chromium for the module: Playwright's sync API allows one running instance per thread."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
-        page.goto(server + "/")
-        page.fill("#api-key", API_KEY)
-        page.dispatch_event("#api-key", "change")  # the page reloads the model list with the key
-        page.wait_for_function("document.querySelectorAll('#model option').length === 3")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+    page.goto(server + "/")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")  # the page reloads the model list with the key
+    page.wait_for_function("document.querySelectorAll('#model option').length === 3")
+    yield page
+    page.close()
 
 
 def test_typed_prompt_streams_text_into_the_page(page, tmp_path):
@@ -87,10 +94,9 @@ def test_image_model_shows_a_grid_and_downloads_it(page, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def t2i_page(tmp_path_factory):
+def t2i_page(tmp_path_factory, browser):
     """A page on a server of its own holding one tiny, randomly initialised text-to-image model."""
     import torch
-    from playwright.sync_api import sync_playwright
 
     from aigc.data.captions import caption_tokenizer
     from aigc.formats.model_folder import save_model_folder
@@ -106,16 +112,15 @@ def t2i_page(tmp_path_factory):
     save_model_folder(folder, model, tok, {"n": 4, "nrow": 4, "sampler": "ddim", "steps": 5, "guidance_scale": 3.0,
                                            "eta": 0.0, "spacing": "trailing"})
     proc, url = start_server({"t2i": folder})
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
         page.goto(url + "/")
         page.wait_for_function("document.querySelectorAll('#model option').length === 1")
         yield page
-        browser.close()
-    proc.terminate()
-    proc.wait(timeout=20)
+    finally:
+        page.close()
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def test_a_text_to_image_model_takes_a_prompt_and_shows_progress(t2i_page):
