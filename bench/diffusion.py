@@ -7,7 +7,8 @@
 norm (8 groups), attention at 7x7 and class embedding (10 classes + a null class) as our recipe,
 which gives the same parameter count (3,645,697), on the same batches (drawn from our prepared
 Fashion-MNIST with our seeded generators, so both see the same images in the same order), with the
-same AdamW (lr 5e-4, warmup 100 steps, cosine to 5e-5 over the CPU-time budget), bf16 autocast,
+same AdamW (lr 5e-4, warmup 100 steps, cosine to 5e-5 over the CPU-time budget), bf16 autocast
+(``--dtype float32`` turns it off, as ``DTYPE=float32`` does for both in diffusion.sh),
 gradient clipping 1.0, condition dropout 0.1 and an EMA with the same warm-up (diffusers' EMAModel
 decay ``min(0.999, (1 + n) / (10 + n))``), for a budget of process CPU time, one thread. It saves
 the EMA weights with ``save_pretrained`` (safetensors).
@@ -76,7 +77,7 @@ def train_diffusers(args) -> None:
         y = torch.where(drop, torch.full_like(y, 10), y)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, (time.process_time() - start) / budget, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
             out = unet(sched.add_noise(x, noise, ts), ts, class_labels=y).sample
         loss = torch.nn.functional.mse_loss(out.float(), noise)
         loss.backward()
@@ -159,6 +160,8 @@ def main() -> None:
     tr.add_argument("--cpu-minutes", type=float, default=15)
     tr.add_argument("--threads", type=int, default=1)
     tr.add_argument("--out", required=True)
+    tr.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="autocast as the recipe's train.dtype; float32 where the CPU lacks AVX-512 BF16 / AMX")
     sc = sub.add_parser("score")
     sc.add_argument("--ours")
     sc.add_argument("--diffusers")

@@ -132,6 +132,7 @@ def test_text_model_bad_input(t2i_run, tmp_path, capsys):
     out = str(tmp_path / "x.png")
     for flags, message in [(["--prompt", "x" * 49], "has 49 characters; this model reads at most 48"),
                            (["--prompt", "a dress ☃"], "'☃' (U+2603) is not in"),
+                           (["--prompt", "a dress<|endoftext|>"], "holds the special token '<|endoftext|>'"),
                            (["--prompt", "a dress", "--class", "Dress"], "--class is for class-conditional"),
                            (["--guidance-scale", "-1"], "guidance_scale = -1.0")]:
         code = main(["sample", str(t2i_run), *flags, "--steps", "1", "--out", out, "--threads", str(CORES)])
@@ -213,6 +214,55 @@ def test_a_folder_with_metadata_jsonl_is_a_captioned_dataset(tmp_path, capsys):
     (folder / "metadata.jsonl").write_text('{"file_name": "0.png"}\n', encoding="utf-8")
     assert main([*args, "--out", str(tmp_path / "p3")]) == 2
     assert 'metadata.jsonl:1: expected an object with "file_name" and "text"' in capsys.readouterr().err
+
+
+def test_metadata_jsonl_is_refused_when_bad_and_found_without_flags(tmp_path, capsys):
+    from aigc.cli import main
+    from aigc.data.images import looks_like_images
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(folder / f"{i}.png")
+    rows = [json.dumps({"file_name": f"{i}.png", "text": f"a red dress\u2028{i}"}) for i in range(3)]
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert looks_like_images(folder)  # the captions file does not make it a text corpus
+    args = ["prepare", "--source", str(folder), "--data.channels=3", "--data.image_size=8", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "p0")]) == 0
+    (folder / "metadata.jsonl").write_text("\n".join([*rows, rows[0]]) + "\n", encoding="utf-8")
+    assert main([*args, "--out", str(tmp_path / "p1")]) == 2
+    assert "metadata.jsonl:4: a second caption for '0.png'" in capsys.readouterr().err
+    (folder / "metadata.jsonl").write_bytes(b'{"file_name": "0.png", "text": "\xff"}\n')
+    assert main([*args, "--out", str(tmp_path / "p2")]) == 2
+    assert "metadata.jsonl: not UTF-8" in capsys.readouterr().err
+
+
+def test_fine_tuning_a_text_model_reads_new_captions_with_the_base_tokenizer(t2i_run, tmp_path):
+    from aigc.data.tokenizer import Tokenizer
+
+    base = t2i_run / "checkpoints" / "step-000004"
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    captions = ["a green sneaker", "a photo of a blue bag", "绿色的包", "a pink dress"]
+    for i in range(4):
+        Image.new("RGB", (32, 32), (0, 60 * i, 0)).save(folder / f"{i}.png")
+    lines = [json.dumps({"file_name": f"{i}.png", "text": c}, ensure_ascii=False) for i, c in enumerate(captions)]
+    (folder / "metadata.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    recipe = tmp_path / "ft.toml"
+    recipe.write_text(f"""[data]\nsource = "{folder}"\nchannels = 3\nimage_size = 32\nval_fraction = 0.25\nprepared_dir = "{tmp_path / 'p'}"\n
+[model]\nfamily = "ddpm"\n[train]\ninit_from = "{base}"\nout_dir = "{tmp_path / 'run'}"\nbatch_size = 2
+max_steps = 2\nwarmup_steps = 0\neval_interval = 2\neval_batches = 1\ncheckpoint_interval = 2\nmax_minutes = 0
+threads = {CORES}\n[sample]\nn = 2\nsteps = 2\n""", encoding="utf-8")
+    r = run_cli("train", str(recipe), "--quiet")
+    assert r.returncode == 0, r.stderr
+    tuned = tmp_path / "run" / "checkpoints" / "step-000002"
+    assert Tokenizer.load(tuned).fingerprint() == Tokenizer.load(base).fingerprint()
+    lines[2] = json.dumps({"file_name": "2.png", "text": "一只猫"}, ensure_ascii=False)  # 只 and 猫: never read by the base
+    (folder / "metadata.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    r = run_cli("train", str(recipe), f"--train.out_dir={tmp_path / 'run2'}", f"--data.prepared_dir={tmp_path / 'p2'}",
+                "--quiet")
+    assert r.returncode == 2 and "caption '一只猫'" in r.stderr and "U+53EA" in r.stderr, r.stderr
+    assert not (tmp_path / "run2" / "checkpoints").exists()
 
 
 def test_the_shipped_model_draws_the_colour_and_garment_asked_for():

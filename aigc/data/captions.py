@@ -103,14 +103,19 @@ def read_metadata_captions(folder: Path, files: list[Path]) -> list[str] | None:
     ``text`` or ``caption``), in the order of ``files``; None when the folder has no such file.
 
     Raises:
-        AigcError: a line that is not a JSON object with those fields (named by line), a caption for a
-            file that is not there, or an image without a caption.
+        AigcError: a file that is not UTF-8, a line that is not a JSON object with those fields (named
+            by line), two lines for one file, a caption for a file that is not there, or an image without
+            a caption.
     """
     path = folder / "metadata.jsonl"
     if not path.is_file():
         return None
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")  # not splitlines(): U+2028 may sit in a caption
+    except UnicodeDecodeError as e:
+        raise AigcError(f"{path}: not UTF-8 (byte {e.start}); metadata.jsonl is UTF-8 JSON lines") from None
     captions: dict[str, str] = {}
-    for no, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -121,7 +126,10 @@ def read_metadata_captions(folder: Path, files: list[Path]) -> list[str] | None:
         if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not isinstance(text, str):
             raise AigcError(f"{path}:{no}: expected an object with \"file_name\" and \"text\" (or \"caption\") strings")
         check_unicode(text, f"{path}:{no} caption")
-        captions[Path(row["file_name"]).as_posix()] = text
+        name = Path(row["file_name"]).as_posix()
+        if name in captions:
+            raise AigcError(f"{path}:{no}: a second caption for {name!r}; one line per image")
+        captions[name] = text
     names = [f.relative_to(folder).as_posix() for f in files]
     stray = sorted(set(captions) - set(names))
     if stray:
@@ -144,6 +152,27 @@ def caption_tokenizer(captions: list[str]) -> Tokenizer:
     return train_char_tokenizer([normalise_prompt(c) for c in captions] + [extra])
 
 
+def _short(text: str, n: int = 40) -> str:
+    return repr(text[:n]) + ("..." if len(text) > n else "")
+
+
+def base_caption_tokenizer(base: Tokenizer, captions: dict[str, list[str]], source) -> Tokenizer:
+    """The tokenizer of a text-to-image model being fine-tuned, checked to read every caption of the
+    new data (``captions``: split -> list of str): its ids are the ones the base's embeddings know.
+
+    Raises:
+        AigcError: a caption with a character the base never read (the caption and the character named).
+    """
+    for split, texts in captions.items():
+        for c in texts:
+            try:
+                base.check_text(normalise_prompt(c), "caption")
+            except AigcError as e:
+                raise AigcError(f"{source}: {split} caption {_short(c)}: {e} of the base model; fine-tune on "
+                                "captions in the base's characters") from None
+    return base
+
+
 def encode_prompts(tokenizer: Tokenizer, prompts: list[str], length: int) -> torch.Tensor:
     """Prompts -> ``(B, length)`` int64 character ids, padded with 0; "" is the all-padding (null) row.
 
@@ -155,7 +184,10 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], length: int) -> tor
     for i, p in enumerate(prompts):
         text = normalise_prompt(p)
         if len(text) > length:
-            raise AigcError(f"prompt {p!r} has {len(text)} characters; this model reads at most {length}")
+            raise AigcError(f"prompt {_short(p)} has {len(text)} characters; this model reads at most {length}")
+        for token in tokenizer.specials:
+            if token in text:
+                raise AigcError(f"prompt {_short(p)} holds the special token {token!r}; a prompt is plain text")
         ids = tokenizer.encode(text, "prompt") if text else []
         rows[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     return rows

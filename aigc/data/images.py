@@ -21,6 +21,7 @@ and scales pixels to [-1, 1]. Where a source has no held-out split, a seeded
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import sys
 import threading
@@ -305,7 +306,7 @@ def looks_like_images(source: str | Path) -> bool:
     if path.is_dir():
         if _find(path, "train-images-idx3-ubyte") is not None:
             return True
-        files = [p for p in path.rglob("*") if p.is_file()]
+        files = [p for p in path.rglob("*") if p.is_file() and p != path / "metadata.jsonl"]  # captions
         return any(p.suffix.lower() in IMAGE_SUFFIXES for p in files) and not any(
             p.suffix.lower() in (".txt", ".jsonl", ".json", ".py", ".md") for p in files)
     return False
@@ -327,9 +328,13 @@ def default_image_prepared_dir(cfg) -> Path:
 def image_data_key(cfg) -> dict:
     """The settings that determine the prepared arrays (a change means a new folder)."""
     src = str(Path(cfg.source).resolve()) if cfg.source else ""
-    return {"dataset": cfg.dataset, "source": src, "format": cfg.format, "image_size": cfg.image_size,
-            "channels": cfg.channels, "resize": cfg.resize, "val_fraction": cfg.val_fraction,
-            "split_seed": cfg.split_seed}
+    key = {"dataset": cfg.dataset, "source": src, "format": cfg.format, "image_size": cfg.image_size,
+           "channels": cfg.channels, "resize": cfg.resize, "val_fraction": cfg.val_fraction,
+           "split_seed": cfg.split_seed}
+    captions = Path(src) / "metadata.jsonl" if src else None
+    if captions is not None and captions.is_file():  # new captions mean new prepared data
+        key["captions_sha256"] = hashlib.sha256(captions.read_bytes()).hexdigest()
+    return key
 
 
 def load_source(cfg, progress: bool = True):
@@ -371,9 +376,9 @@ def load_source(cfg, progress: bool = True):
         elif fmt == "folder":
             if not path.is_dir():
                 raise AigcError(f"{path}: data.format = 'folder' needs a folder of images")
+            captions = read_metadata_captions(path, image_files(path))  # metadata.jsonl, checked before decoding
             x, y, classes = read_image_folder(path, cfg.channels, cfg.image_size, resize, progress, cfg.max_image_pixels)
             splits = {"train": (x, y)}
-            captions = read_metadata_captions(path, image_files(path))  # metadata.jsonl, when there is one
         else:
             splits = {"train": read_array_file(path, cfg.channels, cfg.image_size, resize)}
     out = {}

@@ -98,7 +98,9 @@ def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, ba
             raise AigcError(f"data.tokenizer = {cfg.data.tokenizer!r} is not the tokenizer of the base model "
                             f"{cfg.train.init_from}; its token ids would not match the base's embeddings "
                             "(leave data.tokenizer unset to use the base's)")
-    task.configure_model(cfg.model, from_base=base is not None)
+    base_tokenizer = (Tokenizer.load(base_folder) if base is not None and (Path(base_folder) / "tokenizer.json").is_file()
+                      else None)
+    task.configure_model(cfg.model, from_base=base is not None, base_tokenizer=base_tokenizer)
     cfg.validate()
     task.check_model(cfg.model)
     if saved is not None and dataclasses.asdict(saved) != dataclasses.asdict(cfg.model):

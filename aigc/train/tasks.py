@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 
 from aigc.atomic import write_text
-from aigc.data.captions import COLORS, GARMENTS, caption, encode_prompts, normalise_prompt
+from aigc.data.captions import (COLORS, GARMENTS, base_caption_tokenizer, caption, encode_prompts,
+                                normalise_prompt)
 from aigc.data.images import class_aliases
 from aigc.data.prepared import ensure_prepared
 from aigc.data.shards import bits_per_char
@@ -71,7 +72,7 @@ class TextTask:
         self.generation_config = dataclasses.asdict(cfg.sample)
         self.tpc = data.tokens_per_char("val")
 
-    def configure_model(self, model_cfg, from_base: bool) -> None:
+    def configure_model(self, model_cfg, from_base: bool, base_tokenizer=None) -> None:
         """Fit the model config to the data: its vocabulary is the tokenizer's."""
         if model_cfg.vocab_size != self.tokenizer.vocab_size and not from_base:
             model_cfg.vocab_size = self.tokenizer.vocab_size
@@ -172,8 +173,9 @@ class ImageTask:
         self.generation_config = dataclasses.asdict(cfg.sample) if family_of(cfg.model) == "ddpm" else None
         self._val_features = None  # classifier features of the val images the GAN's FD is measured against
 
-    def configure_model(self, model_cfg, from_base: bool) -> None:
-        """Fit the model config to the data: its image shape and (when conditional) its classes."""
+    def configure_model(self, model_cfg, from_base: bool, base_tokenizer=None) -> None:
+        """Fit the model config to the data: its image shape, (when conditional) its classes, and (when
+        text-conditional) its caption tokenizer: the data's own, or ``base_tokenizer`` when fine-tuning."""
         c, h, w = self.data.shape
         if (model_cfg.channels, model_cfg.image_size) != (c, h):
             if from_base:
@@ -197,9 +199,10 @@ class ImageTask:
             if self.data.tokenizer is None:
                 raise AigcError(f"model.conditioning = 'text' but {self.data.folder} has no captions (use a captioned "
                                 "dataset: data.dataset = 'color-fashion')")
-            if from_base and model_cfg.vocab_size != self.data.tokenizer.vocab_size:
-                raise AigcError(f"the base model reads {model_cfg.vocab_size} caption characters, the data's "
-                                f"tokenizer has {self.data.tokenizer.vocab_size}; fine-tune on the same captions")
+            if from_base:  # the base's character ids, which its embeddings know, read the new captions
+                if base_tokenizer is None:
+                    raise AigcError(f"the base model {self.cfg.train.init_from} has no tokenizer.json to read captions")
+                self.data.tokenizer = base_caption_tokenizer(base_tokenizer, self.data.captions, self.data.folder)
             model_cfg.vocab_size = self.data.tokenizer.vocab_size
             longest = max((normalise_prompt(c) for s in ("train", "val") for c in self.data.captions[s]), key=len)
             if len(longest) > model_cfg.text_len:
