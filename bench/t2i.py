@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aigc  # noqa: E402
+from aigc.atomic import atomic_path, write_text  # noqa: E402
 from aigc.config import load_config  # noqa: E402
 from aigc.data.captions import garment_gray  # noqa: E402
 from aigc.data.prepared import ensure_prepared  # noqa: E402
@@ -50,7 +51,7 @@ def val_prompts(data, n: int, seed: int = 0):
 
 def table(args, model, data) -> None:
     res = evaluate_text_to_image(model, data, per_prompt=args.per_prompt, fd_images=args.fd_images)
-    (OUT / "t2i-table.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    write_text(OUT / "t2i-table.json", json.dumps(res, indent=1, ensure_ascii=False))
     print("| guidance | " + " | ".join(f"{c}: class / colour" for c in next(iter(res["cells"].values()))) + " |")
     for g, row in res["cells"].items():
         print(f"| {g} | " + " | ".join(f"{r['class_accuracy']:.3f} / {r['colour_accuracy']:.3f}"
@@ -75,7 +76,7 @@ def steps(args, model, data) -> None:
                **all_metrics(real_f, fake_f), **score(fake, colours[:n], labels[:n])}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (OUT / "t2i-steps.json").write_text(json.dumps({"guidance": args.guidance, "rows": rows}, indent=1))
+    write_text(OUT / "t2i-steps.json", json.dumps({"guidance": args.guidance, "rows": rows}, indent=1))
     plot(rows, OUT / "t2i-steps.png")
 
 
@@ -99,7 +100,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.legend()
     fig.suptitle("color-fashion-t2i: quality and speed against sampler steps (guidance 3)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def inpaint(args, model, data) -> None:
@@ -125,7 +127,7 @@ def inpaint(args, model, data) -> None:
         result[name] = {**all_metrics(real_f, f), **score(images, colours, labels)}
         print(name, json.dumps(result[name]), flush=True)
     result["real val images (ceiling)"] = score(real, colours, labels)
-    (OUT / "t2i-inpaint.json").write_text(json.dumps(result, indent=1))
+    write_text(OUT / "t2i-inpaint.json", json.dumps(result, indent=1))
 
 
 def grid(args, model, data) -> None:
@@ -152,6 +154,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     model = aigc.load(args.model)
     data = ensure_prepared(load_config(ROOT / "configs" / "color-fashion-t2i.toml"), False)

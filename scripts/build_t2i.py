@@ -66,7 +66,7 @@ def package(run: Path) -> None:
         write_json(tmp / "metrics.json", {
             "run": str(run), "checkpoint": ckpt.name, "final_eval": evals[-1] if evals else None,
             "git_commit": run_info.get("git_commit"), "recipe": "configs/color-fashion-t2i.toml",
-            "weights": "the EMA weights (decay 0.999), float16",
+            "weights": f"the EMA weights (decay {model.config.ema_decay}), float16",
             "data": "color-fashion: Fashion-MNIST (Xiao et al. 2017, MIT licence) painted in 8 colours, captioned "
                     "in English and Chinese (aigc.data.captions)",
             "held_out_pairs": [f"{COLORS[c][0]} {GARMENTS[k][0]}" for c, k in HELD_OUT]})

@@ -39,7 +39,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
     p.add_argument("--out", help="JSON output path (default: RUN/eval.json)")
     p.add_argument("--images", type=int, help="image models: generated images to score (default: 10000; text-to-image: "
-                   "2000, half over the table's 160 prompt cells, half for FD)")
+                   "2000, half over the table's 16 cells of 10 prompts, half for FD)")
     add_sampling_flags(p, title="sampling of the diversity samples and code completions (unset: the model's "
                                 "generation_config.json)")
     g = p.add_argument_group("code (--task): completions run in a sandbox")
@@ -225,10 +225,11 @@ def _eval_text_to_image(model: ImageModel, cfg, args, run_dir: Path | None) -> i
     colour x garment pairs, English and Chinese prompts; FD/KID/PR of the garments (aigc.evaluate.t2i)."""
     n = 2000 if args.images is None else args.images
     if not 320 <= n <= 100_000:
-        raise AigcError(f"--images {n}: expected 320 to 100000 (half over 160 prompt cells, half for FD)")
+        raise AigcError(f"--images {n}: expected 320 to 100000 (half over 16 cells of 10 prompts, half for FD)")
     data = ensure_prepared(cfg, progress=not args.quiet)
-    if data.captions is None or data.shape != (3, 32, 32):
-        raise AigcError(f"{data.folder}: the text-to-image checks need the color-fashion dataset (3x32x32, captioned)")
+    if data.captions is None or data.colors is None or data.shape != (3, 32, 32):
+        raise AigcError(f"{data.folder}: the text-to-image checks need the color-fashion dataset (3x32x32, captioned, "
+                        "its colours recorded); for another captioned dataset compare samples by eye")
     res = evaluate_text_to_image(model, data, per_prompt=max(1, n // 2 // 160), fd_images=n // 2, seed=args.seed,
                                  progress=not args.quiet)
     res.update({"model": str(model.folder), "family": model.family, "step": model.step, "data": str(data.folder)})

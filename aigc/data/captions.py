@@ -43,6 +43,7 @@ PAD = 32  # the side the 28x28 garments are padded to
 
 
 def hue_degrees(rgb) -> float:
+    """The HSV hue of an ``(r, g, b)`` colour of 0-255 integers, in degrees [0, 360)."""
     r, g, b = (v / 255 for v in rgb)
     return colorsys.rgb_to_hsv(r, g, b)[0] * 360
 

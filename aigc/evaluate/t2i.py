@@ -38,6 +38,14 @@ def prompt_sets() -> dict[str, list[tuple[int, int, str]]]:
 
 
 def sample_prompts(model, settings, prompts: list[str], seed: int, chunk: int = 200, bar=None) -> torch.Tensor:
+    """One image per prompt from a text-to-image :class:`~aigc.generate.images.ImageModel`: image k has
+    seed ``seed + k`` (so it does not depend on ``chunk``, the images sampled at once).
+
+    Returns:
+        ``(len(prompts), C, S, S)`` float32 in [-1, 1].
+    Raises:
+        AigcError: a prompt the model cannot read, bad settings, a sample that is not finite.
+    """
     images = []
     for i in range(0, len(prompts), chunk):
         part = prompts[i:i + chunk]

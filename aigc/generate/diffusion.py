@@ -107,14 +107,34 @@ def denoise(model, sampler: Sampler, steps: int, seeds: list[int], cond: Conditi
         AigcError: bad steps, guidance or strength; a sample that is not finite.
     """
     bar = None
-    for done, total, images in denoising(model, sampler, steps, seeds, cond, guidance, known, mask, strength):
-        if progress and bar is None:
-            bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
-        if bar is not None and images is None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    try:
+        for done, total, images in denoising(model, sampler, steps, seeds, cond, guidance, known, mask, strength):
+            if progress and bar is None:
+                bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
+            if bar is not None and images is None:
+                bar.update(1)
+    finally:  # an error or Ctrl-C leaves no half-drawn bar
+        if bar is not None:
+            bar.close()
     return images
+
+
+def check_denoising(steps: int, guidance: float, known: torch.Tensor | None, strength: float) -> None:
+    """The checks of :func:`denoising`, callable before a job is queued (generators run lazily).
+
+    Raises:
+        AigcError: a guidance scale out of range, a strength outside (0, 1], a strength < 1 without an
+            image, or one that leaves no step to run.
+    """
+    check_guidance(guidance)
+    if not 0 < strength <= 1:
+        raise AigcError(f"strength = {strength}: expected a number in (0, 1] (the share of the noise schedule "
+                        "to go back; 1 = from pure noise)")
+    if strength < 1:
+        if known is None:
+            raise AigcError("strength < 1 restores an image: pass the image to restore")
+        if round(steps * strength) < 1:
+            raise AigcError(f"strength {strength} with {steps} steps runs no step; raise the strength or the steps")
 
 
 def denoising(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condition, guidance: float = 1.0,
@@ -122,20 +142,12 @@ def denoising(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condi
               strength: float = 1.0) -> Iterator[tuple[int, int, torch.Tensor | None]]:
     """:func:`denoise` one step at a time: yields ``(steps done, steps in all, None)`` after each sampler
     step, then ``(total, total, images)``. The server advances it one step per scheduling round."""
-    check_guidance(guidance)
-    if not 0 < strength <= 1:
-        raise AigcError(f"strength = {strength}: expected a number in (0, 1] (the share of the noise schedule "
-                        "to go back; 1 = from pure noise)")
+    check_denoising(steps, guidance, known, strength)
     cfg, net = model.config, model.sampler_net
     device = next(net.parameters()).device
     timesteps = sampler.set_timesteps(steps)
     if strength < 1:
-        if known is None:
-            raise AigcError("strength < 1 restores an image: pass the image to restore")
-        keep = round(steps * strength)
-        if keep < 1:
-            raise AigcError(f"strength {strength} with {steps} steps runs no step; raise the strength or the steps")
-        timesteps = timesteps[len(timesteps) - keep:]
+        timesteps = timesteps[len(timesteps) - round(steps * strength):]
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     x = draw(gens, shape, device)

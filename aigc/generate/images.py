@@ -26,7 +26,7 @@ from aigc.data.images import IMAGE_SUFFIXES, read_image_file, to_signed, to_uint
 from aigc.config import ImageSampleConfig
 from aigc.data.captions import encode_prompts
 from aigc.errors import AigcError, check_unicode
-from aigc.generate.diffusion import Condition, denoise, denoising, sampler_for
+from aigc.generate.diffusion import Condition, check_denoising, denoise, denoising, sampler_for
 from aigc.version import __version__
 
 
@@ -101,6 +101,7 @@ def diffusion_steps(model, settings: ImageSampleConfig, seeds: list[int], labels
     """:func:`sample_diffusion` one sampler step at a time (:func:`aigc.generate.diffusion.denoising`):
     yields ``(steps done, steps in all, None)``, then ``(total, total, images)``."""
     sampler, cond = _prepare(model, settings, seeds, labels, tokens)
+    check_denoising(settings.steps, settings.guidance_scale, edit.get("known"), edit.get("strength", 1.0))  # now
     return denoising(model, sampler, settings.steps, seeds, cond, settings.guidance_scale, **edit)
 
 
@@ -230,10 +231,13 @@ class ImageModel:
         """``n`` images of class ``label`` (conditional models: every class in turn when None).
 
         Raises:
-            AigcError: ``n`` out of [1, 4096], or an unknown class.
+            AigcError: ``n`` out of [1, 4096], an unknown class, or a text-to-image model (use :meth:`diffuse`).
         """
         if not 1 <= n <= 4096:
             raise AigcError(f"n = {n}: expected 1 to 4096 images")
+        if self.reads_text:
+            raise AigcError(f"{self.folder} is a text-to-image model: ask it with .diffuse(n, prompt) "
+                            "(an empty prompt samples unconditionally)")
         labels = None
         if label is not None:
             labels = torch.full((n,), self.class_index(label), dtype=torch.long, device=self.device)
@@ -267,7 +271,8 @@ class ImageModel:
                       settings: ImageSampleConfig | None = None, label: str | int | None = None):
         """:meth:`diffuse` one sampler step at a time, for the server: ``(steps, seeds, names)`` where
         ``steps`` yields ``(done, total, None)`` per step and finally ``(total, total, images)``.
-        Every input is checked before this returns."""
+        Every input (n, settings, prompt, seed) is checked before this returns: the generator itself
+        raises only on a sample that is not finite."""
         seeds, names, args, edit = self._diffusion_inputs(n, prompt, seed, settings, None, None, 1.0, label)
         return diffusion_steps(*args, **edit), seeds, names
 

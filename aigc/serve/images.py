@@ -37,12 +37,12 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
     name = req.model or next(n for n, m in served.models.items() if m is im)
     req.n = 1 if req.n is None else req.n
     req.response_format = req.response_format or "b64_json"
-    check_seed(req.seed, 1)
     if req.response_format != "b64_json":
         raise APIError(400, f"response_format = {req.response_format!r}: only 'b64_json' is supported "
                        "(this server keeps no image files to link to)", param="response_format")
     if not 1 <= req.n <= served.limits.max_images:
         raise APIError(400, f"n = {req.n}: expected 1 to {served.limits.max_images} images", param="n")
+    check_seed(req.seed, req.n)  # images k = 0..n-1 take seeds seed + k
     native = im.model.config.image_size
     scale = 1
     if req.size is not None:
@@ -75,9 +75,12 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
 
     def make():
         if diffusion:
-            for done, total, images_ in steps:
-                if images_ is None:
-                    yield {"type": "image_generation.progress", "step": done, "total_steps": total}
+            try:
+                for done, total, images_ in steps:
+                    if images_ is None:
+                        yield {"type": "image_generation.progress", "step": done, "total_steps": total}
+            finally:  # a cancelled job closes the sampler too
+                steps.close()
         else:
             images_ = im.generate(req.n, label, seed)  # (n, C, S, S) in [-1, 1]
         yield {"type": "image_generation.completed", "data": encode(im, name, req, images_, seed, scale,
@@ -85,7 +88,7 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
 
     job = served.submit(make)
     if req.stream:
-        return StreamingResponse(stream_events(served, name, job), media_type="text/event-stream",
+        return StreamingResponse(stream_events(served, name, job, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(watch_disconnect(request, job))
     data = []
@@ -98,16 +101,20 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
     return {"created": P.now(), "data": data}
 
 
-async def stream_events(served: Served, name: str, job):
-    """The SSE body of a streamed image request: progress events, the completed event, ``[DONE]``."""
+async def stream_events(served: Served, name: str, job, request: Request):
+    """The SSE body of a streamed image request: progress events, the completed event (or an error
+    event), always ``[DONE]``; the job is cancelled when the client goes away."""
+    watcher = asyncio.create_task(watch_disconnect(request, job))
     try:
         async for event in job.results():
             if event["type"] == "image_generation.completed":
                 served.metrics.images.labels(name).inc(len(event["data"]))
                 event["created"] = P.now()
             yield P.encode_sse(event)
-    except (AigcError, ValueError) as e:
-        yield P.encode_sse(P.error_body(str(e)))
+    except Exception as e:  # noqa: BLE001 - the stream has begun: an error event, then [DONE]
+        yield P.sse_error(e)
+    finally:
+        watcher.cancel()
     yield "data: [DONE]\n\n"
 
 

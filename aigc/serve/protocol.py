@@ -131,3 +131,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 def encode_sse(obj) -> str:
     """One server-sent event carrying ``obj`` as JSON."""
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def sse_error(exc: Exception) -> str:
+    """The error event of a stream that has begun (its 200 is sent): a refusal (ValueError, AigcError)
+    is the client's, with its message; anything else is an internal error named by its type and first line."""
+    from aigc.errors import AigcError  # protocol.py stays importable without the rest of aigc
+
+    if isinstance(exc, (AigcError, ValueError)):
+        return encode_sse(error_body(str(exc)))
+    line = str(exc).splitlines()[0] if str(exc) else ""
+    return encode_sse(error_body(f"internal error: {type(exc).__name__}: {line}", type_="server_error"))

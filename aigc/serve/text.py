@@ -184,6 +184,7 @@ async def run_text(request: Request, served: Served, name: str, prompts: list[Pr
         return make_response(choices.texts, choices.finish, P.usage(prompt_tokens, sum(choices.tokens)))
 
     async def events():
+        watcher = asyncio.create_task(watch_disconnect(request, job))
         try:
             for chunk in make_chunk(None):  # opening chunks (chat: the assistant role)
                 yield P.encode_sse(chunk)
@@ -192,8 +193,10 @@ async def run_text(request: Request, served: Served, name: str, prompts: list[Pr
                     yield P.encode_sse(make_chunk((c, piece, fin)))
             if include_usage:
                 yield P.encode_sse(make_chunk(("usage", P.usage(prompt_tokens, sum(choices.tokens)))))
-        except (AigcError, ValueError) as e:
-            yield P.encode_sse(P.error_body(str(e)))
+        except Exception as e:  # noqa: BLE001 - the stream has begun: an error event, then [DONE]
+            yield P.sse_error(e)
+        finally:
+            watcher.cancel()
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",

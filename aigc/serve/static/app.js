@@ -222,16 +222,20 @@ async function generateImages() {
     if (!response.ok) throw new Error(await errorOf(response));
     let data = [];
     if (diffusion) {  // server-sent events: progress after every sampler step, then the images
-      let failed = null;
+      let failed = null, completed = false;
       await readEvents(response, (event) => {
         if (event.error) failed = event.error.message;
         else if (event.type === "image_generation.progress") {
           bar.max = event.total_steps;
           bar.value = event.step;
           status(`denoising: step ${event.step} of ${event.total_steps}`, true);
-        } else if (event.type === "image_generation.completed") data = event.data;
+        } else if (event.type === "image_generation.completed") {
+          data = event.data;
+          completed = true;
+        }
       });
       if (failed) throw new Error(failed);
+      if (!completed) throw new Error("the stream ended before its images arrived");
     } else data = (await response.json()).data;
     showImages(data);
     $("img-stats").textContent = `${data.length} images in ${((performance.now() - start) / 1000).toFixed(2)} s`;
