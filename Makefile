@@ -92,7 +92,7 @@ llamacpp: install
 
 test: install fashion-mnist chromium sandbox
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
 test-slow: install fashion-mnist chromium sandbox   # the long checks (compiled decoding, ...)
 	$(BIN)/pip install -q -e '.[test]'

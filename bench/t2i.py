@@ -4,6 +4,7 @@
     python bench/t2i.py steps   --model color-fashion-t2i --images 300
     python bench/t2i.py inpaint --model color-fashion-t2i --images 500
     python bench/t2i.py grid    --model color-fashion-t2i     # 8 colours x 10 garments, English and Chinese
+    python bench/t2i.py plot                                  # redraw t2i-steps.png from t2i-steps.json
 
 ``table``: class and colour accuracy per guidance scale (0, 1, 3, 7) for seen and held-out colour x
 garment prompts in English and Chinese, and FD/KID/PR of the garments for val captions
@@ -86,13 +87,14 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(r["sampler"] for r in rows):
-        rs = [r for r in rows if r["sampler"] == name and r["images"] >= 128]  # FD needs more samples than features
-        if not rs:
-            continue
-        a.plot([r["steps"] for r in rs], [r["fd"] for r in rs], "o-", label=name)
-        b.plot([r["steps"] for r in rs], [r["images_per_s"] for r in rs], "o-", label=name)
-    for ax, label in ((a, "FD (classifier features of the garment)"), (b, "images per second (2 CPU threads)")):
+    n = max(r["images"] for r in rows)  # FD compared at one sample count (its bias depends on it)
+    for i, name in enumerate(dict.fromkeys(r["sampler"] for r in rows)):
+        rs, colour = [r for r in rows if r["sampler"] == name], f"C{i}"  # one colour per sampler in both panels
+        fd = [r for r in rs if r["images"] == n]
+        if fd:
+            a.plot([r["steps"] for r in fd], [r["fd"] for r in fd], "o-", color=colour, label=name)
+        b.plot([r["steps"] for r in rs], [r["images_per_s"] for r in rs], "o-", color=colour, label=name)
+    for ax, label in ((a, f"FD, {n} samples each (classifier features)"), (b, "images per second (2 CPU threads)")):
         ax.set_xscale("log")
         ax.set_xlabel("sampler steps")
         ax.set_ylabel(label)
@@ -145,7 +147,7 @@ def grid(args, model, data) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["table", "steps", "inpaint", "grid"])
+    ap.add_argument("what", choices=["table", "steps", "inpaint", "grid", "plot"])
     ap.add_argument("--model", default="color-fashion-t2i")
     ap.add_argument("--per-prompt", type=int, default=10)
     ap.add_argument("--fd-images", type=int, default=1000)
@@ -155,6 +157,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.what == "plot":  # redraw t2i-steps.png from t2i-steps.json
+        return plot(json.loads((OUT / "t2i-steps.json").read_text())["rows"], OUT / "t2i-steps.png")
     torch.set_num_threads(args.threads)
     model = aigc.load(args.model)
     data = ensure_prepared(load_config(ROOT / "configs" / "color-fashion-t2i.toml"), False)
