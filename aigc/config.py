@@ -186,6 +186,7 @@ class TrainConfig:
     lora_alpha: float = 16.0  # LoRA scale: the update is multiplied by lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
     lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # linear layers adapted
+    log: list[str] = dataclasses.field(default_factory=list)  # extra loggers beside metrics.jsonl: "tensorboard"
 
     def validate(self) -> None:
         positive = ["batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
@@ -207,6 +208,8 @@ class TrainConfig:
         if self.global_batch < 0:
             raise AigcError(f"train.global_batch = {self.global_batch}: expected 0 (batch_size per rank) or a positive "
                             "number of sequences")
+        if not isinstance(self.log, list) or any(x not in ("tensorboard",) for x in self.log):
+            raise AigcError(f"train.log = {self.log!r}: expected a list of loggers from ['tensorboard']")
         if self.seq_len < 0:
             raise AigcError(f"train.seq_len = {self.seq_len}: expected 0 (the model's context) or a positive length")
         if self.lora_rank < 0:

@@ -372,3 +372,26 @@ def test_bad_arrays_and_corrupt_gzip_are_one_line_errors(tmp_path):
     np.savez(tmp_path / "ok.npz", images=x, labels=y)  # recognised as images without a config
     out = run_cli("prepare", "--source", str(tmp_path / "ok.npz"), "--out", str(tmp_path / "p3"), "--quiet")
     assert out.returncode == 0 and "1x28x28 images, 2 classes" in out.stdout, out.stderr
+
+
+def test_train_log_tensorboard_writes_the_metrics_and_grids_and_a_resume_replaces_what_followed(tmp_path, shapes_npz):
+    """train.log = ["tensorboard"]: TensorBoard's own reader finds every metrics.jsonl number and the grids."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from aigc.config import load_config
+    from aigc.train.loop import train
+
+    cfg = image_config(tmp_path, shapes_npz, "dcgan", steps=4)
+    run = train(load_config(cfg, ["--train.log=['tensorboard']"]), progress=False)
+    train(load_config(cfg, ["--train.log=['tensorboard']", "--train.max_steps=6", "--train.checkpoint_interval=2"]),
+          resume=True, progress=False)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    rows = metrics(run)
+    train_rows = [r for r in rows if "d_loss" in r]
+    logged = events.Scalars("train/d_loss")
+    assert [e.step for e in logged] == [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in logged] == pytest.approx([r["d_loss"] for r in train_rows], rel=1e-6)
+    assert {"train/g_loss", "train/lr", "val/fd"} <= set(events.Tags()["scalars"])
+    assert sorted({e.step for e in events.Images("samples")}) == [4, 6]
+    with pytest.raises(AigcError, match=r"train.log = \['wandb'\]: expected a list of loggers"):
+        load_config(cfg, ["--train.log=['wandb']"])

@@ -17,6 +17,7 @@ Run folder::
     config.toml      the resolved config, every default written out
     run.json         seed, versions, git commit, command line, start times
     metrics.jsonl    one JSON object per log or evaluation line
+    tensorboard/     the same numbers and the sample grids as TensorBoard events (train.log = ["tensorboard"])
     loss.png         train and val loss curves
     checkpoints/     step-NNNNNN/ (model folder + optimizer + state.json), latest
     samples/         text or an image grid sampled at each checkpoint
@@ -39,6 +40,7 @@ from aigc.atomic import write_text
 from aigc.config import RunConfig
 from aigc.data.prepared import use_base_tokenizer
 from aigc.data.tokenizer import Tokenizer
+from aigc.train.tensorboard import TensorBoardLog
 from aigc.errors import AigcError
 from aigc.formats.adapter import load_adapter, read_adapter_config
 from aigc.formats.checkpoint import load_training_state, read_training_state, save_checkpoint
@@ -155,6 +157,7 @@ class _Run:
         self.state = {"step": 0, task.unit: 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val_loss": None}
         self.title = f"{run_dir.name}: {family_of(cfg.model)}"
         self.bar = None
+        self.tb = None  # a TensorBoardLog when train.log names tensorboard (rank 0)
 
     def restore(self, ckpt: Path | None, lora, resume: bool) -> None:
         """Weights (or adapter weights), optimizers and loop state from ``ckpt``; metric lines
@@ -181,6 +184,8 @@ class _Run:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            self.tb.scalars(row)
 
     def evaluate(self, step: int) -> None:
         row, message = self.task.evaluate(self.model, lambda: autocast(self.device, self.t.dtype))  # every rank
@@ -210,6 +215,9 @@ class _Run:
                         dict(self.state), self.t.keep_checkpoints, opt_states)
         model.train()
         self.task.write_sample(model, self.run_dir, step)
+        grid = self.run_dir / "samples" / f"step-{step:06d}.png"
+        if self.tb is not None and grid.is_file():  # an image model's grid
+            self.tb.image(grid, step)
 
     def optimizer_step(self, step: int, lr: float) -> dict:
         """One training step: every update (one for most families, discriminator then generator
@@ -394,7 +402,14 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, argv: list[str] | None,
         print(f"{run_dir}: already at step {step} of train.max_steps = {t.max_steps}; nothing to do "
               f"(raise it to continue, e.g. --train.max_steps={2 * t.max_steps})", file=sys.stderr)
         return run_dir
-    if run.run(progress):
+    if "tensorboard" in t.log:  # RUN/tensorboard/: what metrics.jsonl and samples/ hold, for TensorBoard
+        run.tb = TensorBoardLog(run_dir, step)
+    try:
+        stopped = run.run(progress)
+    finally:
+        if run.tb is not None:
+            run.tb.close()
+    if stopped:
         print(f"stopped at step {run.state['step']}; checkpoint written; continue with: aigc train {run_dir} --resume",
               file=sys.stderr)
         raise KeyboardInterrupt
