@@ -144,3 +144,25 @@ def test_a_text_to_image_model_takes_a_prompt_and_shows_progress(t2i_page):
     page.click("#img-generate")
     page.wait_for_function("document.getElementById('status').textContent.startsWith('error')", timeout=30_000)
     assert "U+2603" in page.text_content("#status")
+
+
+def test_the_api_docs_work_without_internet(server, browser):
+    """/docs draws the API from files the server holds: every request off this server is refused."""
+    from urllib.parse import urlparse
+
+    page = browser.new_page()
+    outside = []
+
+    def only_here(route):
+        if urlparse(route.request.url).netloc == urlparse(server).netloc or route.request.url.startswith("data:"):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_here)
+    try:
+        page.goto(server + "/docs")
+        page.wait_for_selector("[data-path=\"/v1/chat/completions\"]", timeout=30_000)
+        assert outside == [] and "aigc" in page.title()
+    finally:
+        page.close()

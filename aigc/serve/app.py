@@ -35,6 +35,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aigc.errors import AigcError
@@ -97,7 +98,8 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
         yield
         scheduler.close()
 
-    app = FastAPI(title="aigc", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    # /docs (Swagger UI) from the fastapi-offline package's own copy of its files, not a CDN: works offline
+    app = FastAPIOffline(title="aigc", redoc_url=None, favicon_url="data:,", lifespan=lifespan)
     app.state.served = served
     app.state.scheduler, app.state.models, app.state.metrics = scheduler, models, metrics
     app.add_middleware(Guard, max_body_bytes=limits.max_body_bytes, metrics=metrics)
