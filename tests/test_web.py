@@ -166,3 +166,20 @@ def test_the_api_docs_work_without_internet(server, browser):
         assert outside == [] and "aigc" in page.title()
     finally:
         page.close()
+
+
+def test_the_browser_draws_chinese_characters_not_boxes(page):
+    """make chromium installs a CJK font: 秋 and 落 are drawn as two different glyphs, not one empty box."""
+    drawn = page.evaluate("""() => {
+        const draw = ch => {
+            const canvas = document.createElement('canvas');
+            canvas.width = canvas.height = 32;
+            const ctx = canvas.getContext('2d');
+            ctx.font = '24px sans-serif';
+            ctx.fillText(ch, 2, 26);
+            return Array.from(ctx.getImageData(0, 0, 32, 32).data).join(',');
+        };
+        return [draw('秋'), draw('落'), draw('\\ue000')];
+    }""")
+    autumn, fall, private_use = drawn
+    assert autumn != fall and autumn != private_use and fall != private_use
