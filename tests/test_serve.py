@@ -276,3 +276,13 @@ def test_serve_refuses_bad_startup_settings(served_model_folders, tmp_path):
                          ([f"a={text}", "--host", "127.0.0.1"], "given twice"), ([str(tmp_path)], "neither a model")):
         r = run_cli("serve", f"a={text}", *args, timeout=120) if args[0] != str(tmp_path) else run_cli("serve", *args)
         assert r.returncode == 2 and needle in r.stderr, (args, r.stderr)
+
+
+def test_a_developer_message_is_the_system_prompt(client):
+    """OpenAI's newer name for the system role: the same conversation, the same reply."""
+    asked = [{"role": "user", "content": "明月"}]
+    replies = [client.chat.completions.create(model="chat", messages=[{"role": role, "content": "春风"}, *asked],
+                                              max_tokens=12, seed=3).choices[0].message.content
+               for role in ("developer", "system")]
+    without = client.chat.completions.create(model="chat", messages=asked, max_tokens=12, seed=3)
+    assert replies[0] == replies[1] != without.choices[0].message.content
