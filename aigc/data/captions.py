@@ -162,15 +162,17 @@ def base_caption_tokenizer(base: Tokenizer, captions: dict[str, list[str]], sour
     new data (``captions``: split -> list of str): its ids are the ones the base's embeddings know.
 
     Raises:
-        AigcError: a caption with a character the base never read (the caption and the character named).
+        AigcError: characters the base never read (the most frequent named, with a caption holding it).
     """
-    for split, texts in captions.items():
-        for c in texts:
-            try:
-                base.check_text(normalise_prompt(c), "caption")
-            except AigcError as e:
-                raise AigcError(f"{source}: {split} caption {_short(c)}: {e} of the base model; fine-tune on "
-                                "captions in the base's characters") from None
+    texts = [(split, c, normalise_prompt(c)) for split, cs in captions.items() for c in cs]
+    missing = base.missing_characters(t for _, _, t in texts)
+    if missing:
+        ch = next(iter(missing))
+        split, c = next((split, c) for split, c, t in texts if ch in t)
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise AigcError(f"{source}: {split} caption {_short(c)}: character {ch!r} (U+{ord(ch):04X}){more} not in "
+                        f"the base model's vocabulary of {base.vocab_size} characters; fine-tune on captions in "
+                        "the base's characters")
     return base
 
 

@@ -3,9 +3,9 @@
 Torch runs in a single worker thread; the event loop only parses requests and
 streams results. Each request becomes a :class:`Job`: a Python iterator (one
 ``next`` = one decoding step of all ``n`` samples of a text request, one sampler step
-of a diffusion request, or the whole batch of a GAN or VAE request). The worker advances every active job by one step per
-round (round-robin), so all clients stream at the same time and a long request
-cannot starve a short one. At most ``max_active`` jobs run; up to ``max_queued``
+of a diffusion request, or the whole batch of a GAN or VAE request). The worker
+advances every active job by one step per round (round-robin), so all clients
+stream at the same time and a long request cannot starve a short one. At most ``max_active`` jobs run; up to ``max_queued``
 more wait in arrival order; beyond that :meth:`Scheduler.submit` raises
 :class:`Busy` (the server answers 429).
 

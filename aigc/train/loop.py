@@ -92,16 +92,17 @@ def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, ba
         AigcError: a tokenizer other than the base's, a model that does not fit the data, or a
             checkpoint made with other model or LoRA settings.
     """
-    base = None
+    base = base_tokenizer = None
     if cfg.train.init_from:
         base = load_model_folder(base_folder, families=(family_of(cfg.model),))
         cfg.model = base.config
-        if task.tokenizer is not None and task.tokenizer.fingerprint() != Tokenizer.load(base_folder).fingerprint():
+        if (Path(base_folder) / "tokenizer.json").is_file():  # an image base without captions has none
+            base_tokenizer = Tokenizer.load(base_folder)
+        if task.tokenizer is not None and (base_tokenizer is None or
+                                           task.tokenizer.fingerprint() != base_tokenizer.fingerprint()):
             raise AigcError(f"data.tokenizer = {cfg.data.tokenizer!r} is not the tokenizer of the base model "
                             f"{cfg.train.init_from}; its token ids would not match the base's embeddings "
                             "(leave data.tokenizer unset to use the base's)")
-    base_tokenizer = (Tokenizer.load(base_folder) if base is not None and (Path(base_folder) / "tokenizer.json").is_file()
-                      else None)
     task.configure_model(cfg.model, from_base=base is not None, base_tokenizer=base_tokenizer)
     cfg.validate()
     task.check_model(cfg.model)
