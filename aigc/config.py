@@ -261,6 +261,10 @@ class SampleConfig:
     code_stops: bool = False  # code: stop where a line starts at column 0 (a new def, class, if __name__, ...)
     token_healing: bool = True  # BPE: a prompt's trailing whitespace is regenerated as part of the first token
     prompts: list[str] = field(default_factory=list)  # prompts the demo prints samples for
+    logprobs: bool = False  # report each generated token's log-probability (aigc.generate.logprobs)
+    top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each position (0 to 20)
+    response_format: str = "text"  # text | json_object | json_schema (grammar-constrained, aigc.generate.grammar)
+    json_schema: dict = field(default_factory=dict)  # the schema of response_format = "json_schema"
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -282,6 +286,12 @@ class SampleConfig:
             check_unicode(s, f"stop[{i}]")
         if any(not 0 <= t < 2**31 for t in self.stop_token_ids):
             raise AigcError(f"stop_token_ids = {self.stop_token_ids}: expected token ids (0 or more)")
+        if not 0 <= self.top_logprobs <= 20:
+            raise AigcError(f"top_logprobs = {self.top_logprobs}: expected 0 to 20")
+        if self.response_format not in ("text", "json_object", "json_schema"):
+            raise AigcError(f"response_format = {self.response_format!r}: expected text, json_object or json_schema")
+        if self.response_format == "json_schema" and not self.json_schema:
+            raise AigcError("json_schema: response_format json_schema needs a schema (a JSON object)")
 
 
 @dataclass

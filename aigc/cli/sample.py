@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from aigc.api import load
-from aigc.atomic import check_target
+from aigc.atomic import check_target, read_json
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
 from aigc.data.fim import fim_token_ids
 from aigc.errors import AigcError
@@ -34,6 +34,11 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (text: sample i uses seed + i)")
     p.add_argument("--suffix", help="fill in the middle between --prompt and this text (a model trained with "
                    "data.fim_rate > 0)")
+    p.add_argument("--logprobs", type=int, metavar="K", help="text: after each sample, every token's log-probability "
+                   "and its K most likely alternatives (0 to 20)")
+    p.add_argument("--json-schema", dest="json_schema", metavar="FILE", help="text: output JSON matching this JSON "
+                   "schema (grammar-constrained decoding)")
+    p.add_argument("--json", action="store_true", help="text: output a JSON object (grammar-constrained decoding)")
     g = p.add_argument_group("image models (dcgan, vae)")
     g.add_argument("--out", help="the PNG to write (required for image models)")
     g.add_argument("--class", dest="label", help="generate this class (name or index) with a conditional model")
@@ -71,7 +76,7 @@ def run_sample(args, overrides: list[str]) -> int:
     if n < 1:
         raise AigcError(f"--n {n}: expected at least 1 sample")
     check_seed(args.seed)
-    settings = model.settings(**sampling_overrides(args))
+    settings = model.settings(**sampling_overrides(args), **_output_overrides(args))
     with warnings.catch_warnings():  # a check only: a prompt cropped to the context is reported once, below
         warnings.simplefilter("ignore")
         model.encode(args.prompt, args.suffix)  # fail before printing anything (an unknown character, no FIM tokens)
@@ -80,10 +85,43 @@ def run_sample(args, overrides: list[str]) -> int:
             print(f"--- sample {i + 1}/{n}", flush=True)
         print(args.prompt, end="", flush=True)
         seed = None if args.seed is None else args.seed + i
+        if settings.logprobs or settings.response_format != "text":
+            done = model.complete(args.prompt, seed=seed, suffix=args.suffix, settings=settings)[0]
+            print(done.text + (args.suffix or ""), flush=True)
+            if settings.response_format != "text" and done.finish == "length":
+                print(f"note: sample {i + 1} reached --max-new-tokens {settings.max_new_tokens} before its JSON "
+                      "was complete", file=sys.stderr)
+            if settings.logprobs:
+                _print_logprobs(model, done.logprobs)
+            continue
         for piece in model.stream(args.prompt, seed=seed, suffix=args.suffix, settings=settings):
             print(piece, end="", flush=True)
         print(args.suffix or "", flush=True)
     return 0
+
+
+def _output_overrides(args) -> dict:
+    """The settings of ``--logprobs``, ``--json-schema`` and ``--json``.
+
+    Raises:
+        AigcError: a schema file that is not a JSON object (named with the file).
+    """
+    out = {}
+    if args.logprobs is not None:
+        out.update(logprobs=True, top_logprobs=args.logprobs)
+    if args.json_schema:
+        out.update(response_format="json_schema", json_schema=read_json(args.json_schema, dict))
+    elif args.json:
+        out["response_format"] = "json_object"
+    return out
+
+
+def _print_logprobs(model, scored) -> None:
+    """A table of each generated token, its log-probability and the most likely alternatives."""
+    print(f"{'token':>12}  {'logprob':>9}  alternatives")
+    for e in scored:
+        alternatives = ", ".join(f"{model.token_texts[t]!r} {lp:.3f}" for t, lp in e.top)
+        print(f"{model.token_texts[e.token]!r:>12}  {e.logprob:9.3f}  {alternatives}")
 
 
 def complete_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,18 @@ token instead, so the two agree only while the sequence fits the context).
 al. 2022, and vLLM): requests join and leave between decoding steps, and one
 forward pass per step decodes every live sequence together, each row of a
 per-row cache at its own position.
+
+**Seeds.** Sample i of a request seeded ``s`` draws from its own generator seeded ``s + i``
+(:func:`~aigc.generate.sampling.row_generators`), so it is the sample a lone request seeded
+``s + i`` makes (up to the float rounding of batched matrix products).
+
+**Hooks.** A request may pass a ``hook``, a plain object with:
+
+- ``allowed()`` -> bool ``(n, V)`` or None: the tokens each sample may take next (a grammar),
+  applied as -inf logits before sampling;
+- ``wants_scores`` (bool) and ``took(nxt (n,) int64, logprobs (n, V) float32 or None)``: called
+  after each draw, with the log-probabilities the tokens were drawn from
+  (:func:`~aigc.generate.sampling.token_logprobs`) when it wants them.
 """
 
 from __future__ import annotations
@@ -27,13 +39,25 @@ import torch
 
 from aigc.config import SampleConfig
 from aigc.generate.compiled import CompiledDecoder
-from aigc.generate.sampling import sample_groups, sample_next
+from aigc.generate.sampling import row_generators, sample_groups, sample_next, token_logprobs
 
 
 def _counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Occurrences of each token per row: ``ids (B, T)`` -> ``(B, V)`` int64."""
     counts = torch.zeros(ids.size(0), vocab_size, dtype=torch.long, device=ids.device)
     return counts.scatter_add_(1, ids, torch.ones_like(ids))
+
+
+def _constrain(logits: torch.Tensor, hook) -> torch.Tensor:
+    """``logits (n, V)`` with the tokens ``hook`` does not allow now set to -inf."""
+    allowed = hook.allowed() if hook is not None else None
+    return logits if allowed is None else logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
+def _tell(hook, nxt: torch.Tensor, logits: torch.Tensor, counts: torch.Tensor, params: SampleConfig) -> None:
+    """Give ``hook`` the drawn tokens ``nxt (n,)`` and, if it wants them, their distribution."""
+    if hook is not None:
+        hook.took(nxt.cpu(), token_logprobs(logits, counts, params).cpu() if hook.wants_scores else None)
 
 
 class Engine:
@@ -68,7 +92,8 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], num_samples: int = 1, settings: SampleConfig | None = None,
-                 seed: int | None = None, first_allowed: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                 seed: int | None = None, first_allowed: torch.Tensor | None = None,
+                 hook=None) -> Iterator[torch.Tensor]:
         """Yield the next token of every sample, ``(num_samples,) int64`` on CPU, once per step,
         for at most ``settings.max_new_tokens`` steps (the engine reads the numeric settings only:
         penalties, temperature, top-k, top-p; stop strings are the caller's).
@@ -76,6 +101,7 @@ class Engine:
         The caller stops consuming when it has what it needs (stop tokens and stop
         strings are its business); closing the iterator frees the cache.
         ``first_allowed`` (bool ``(V,)``): the tokens the first new token may be (token healing).
+        Sample i draws from a generator seeded ``seed + i``; ``hook``: see the module docstring.
 
         Raises:
             ValueError: an empty prompt, or a prompt longer than the model's context.
@@ -87,8 +113,7 @@ class Engine:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the context of {limit}")
         params = settings or SampleConfig()
         max_new_tokens = params.max_new_tokens
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        generators = row_generators(seed, num_samples, self.device)
         ids = torch.tensor([prompt] * num_samples, dtype=torch.long, device=self.device)  # (B, T)
         counts = _counts(ids, self.model_vocab)
         room = min(limit, len(prompt) + max_new_tokens) if limit is not None else None  # cache positions
@@ -98,7 +123,9 @@ class Engine:
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
         history = ids
         for _ in range(max_new_tokens):
-            nxt = sample_next(logits, counts, params, generator)  # (B,)
+            logits = _constrain(logits, hook)
+            nxt = sample_next(logits, counts, params, generators)  # (B,)
+            _tell(hook, nxt, logits, counts, params)
             yield nxt.cpu()
             counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None]))
             history = torch.cat([history, nxt[:, None]], dim=1)
@@ -125,15 +152,14 @@ def naive_generate(model: torch.nn.Module, prompt: list[int], settings: SampleCo
     """
     params, max_new_tokens = settings, settings.max_new_tokens
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    generators = row_generators(seed, 1, device)
     idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
     limit = model.context_length
     out = []
     for _ in range(max_new_tokens):
         context = idx if limit is None else idx[:, -limit:]
         logits = model(context)[:, -1, :]  # (1, V)
-        nxt = sample_next(logits, _counts(idx, model.config.vocab_size), params, generator)
+        nxt = sample_next(logits, _counts(idx, model.config.vocab_size), params, generators)
         idx = torch.cat([idx, nxt[:, None]], dim=1)
         out.append(int(nxt))
     return out
@@ -151,9 +177,9 @@ class Sequence:
     ``close`` frees its rows.
     """
 
-    def __init__(self, engine: "BatchEngine", n: int, params: SampleConfig, generator: torch.Generator,
-                 ids: torch.Tensor):
-        self.engine, self.n, self.params, self.generator = engine, n, params, generator
+    def __init__(self, engine: "BatchEngine", n: int, params: SampleConfig, generators: list[torch.Generator],
+                 ids: torch.Tensor, hook=None):
+        self.engine, self.n, self.params, self.generators, self.hook = engine, n, params, generators, hook
         self.history = ids  # (n, T): the recent tokens, for a re-prefill when the context is full
         self.row = 0  # first of its n rows in the engine's cache
         self.pending: torch.Tensor | None = None  # sampled, not yet taken by the caller
@@ -211,11 +237,12 @@ class BatchEngine:
 
     @torch.inference_mode()
     def add(self, prompt: list[int], n: int = 1, settings: SampleConfig | None = None,
-            seed: int | None = None, first_allowed: torch.Tensor | None = None) -> Sequence:
+            seed: int | None = None, first_allowed: torch.Tensor | None = None, hook=None) -> Sequence:
         """Prefill ``prompt`` for ``n`` samples; the first tokens are ready to take at once. The
         sequence runs until its caller closes it (``settings.max_new_tokens`` is the caller's to count).
 
         ``first_allowed`` (bool ``(V,)``): the tokens the first new token may be (token healing).
+        Sample i draws from a generator seeded ``seed + i``; ``hook``: see the module docstring.
 
         Raises:
             RowsFull: fewer than ``n`` rows free (the caller retries later).
@@ -231,10 +258,8 @@ class BatchEngine:
         if self.rows + n > self.max_rows:
             raise RowsFull(f"{self.rows} of {self.max_rows} rows in use")
         params = settings or SampleConfig()
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
         ids = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)  # (n, T)
-        seq = Sequence(self, n, params, generator, ids)
+        seq = Sequence(self, n, params, row_generators(seed, n, self.device), ids, hook)
         single = self.model.new_cache(1)
         logits = self.model(ids[:1], cache=single)[:, -1, :].repeat(n, 1)  # (n, V): the prompt once
         if self.cache is None:
@@ -250,7 +275,9 @@ class BatchEngine:
         self.seqs.append(seq)
         if first_allowed is not None:
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
-        nxt = sample_next(logits, self.counts[rows], params, generator)
+        logits = _constrain(logits, hook)
+        nxt = sample_next(logits, self.counts[rows], params, seq.generators)
+        _tell(hook, nxt, logits, self.counts[rows], params)
         self._count(rows, nxt)
         seq._got(nxt)
         return seq
@@ -279,7 +306,14 @@ class BatchEngine:
         idx = torch.cat([s.last for s in self.seqs])[:, None]  # (B, 1)
         logits = self.model(idx, cache=self.cache)[:, -1, :]  # (B, V)
         B = self.rows
-        nxt = sample_groups(logits, self.counts[:B], [(s.params, s.n, s.generator) for s in self.seqs])  # (B,)
+        for s in self.seqs:
+            if s.hook is not None:
+                logits[s.row:s.row + s.n] = _constrain(logits[s.row:s.row + s.n], s.hook)
+        nxt = sample_groups(logits, self.counts[:B], [(s.params, s.n, s.generators) for s in self.seqs])  # (B,)
+        for s in self.seqs:
+            if s.hook is not None:
+                rows = slice(s.row, s.row + s.n)
+                _tell(s.hook, nxt[rows], logits[rows], self.counts[rows], s.params)
         self._count(slice(0, B), nxt)
         for s in self.seqs:
             s._got(nxt[s.row:s.row + s.n])

@@ -67,9 +67,13 @@ def outside_nucleus(logits: torch.Tensor, top_p: float | torch.Tensor) -> torch.
     return ~torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, kept)
 
 
+Generators = torch.Generator | list[torch.Generator] | None  # one for all rows, or one per row
+
+
 def sample_next(logits: torch.Tensor, counts: torch.Tensor, params: SampleConfig,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token for each row: ``logits (B, V)`` -> ids ``(B,)`` int64."""
+                generator: Generators) -> torch.Tensor:
+    """Pick the next token for each row: ``logits (B, V)`` -> ids ``(B,)`` int64. ``generator``: one
+    for all rows, or a list of one per row (row i then draws only from its own)."""
     logits = penalize(logits.float(), counts, params)
     if params.temperature == 0:
         return torch.argmax(logits, dim=-1)
@@ -78,9 +82,32 @@ def sample_next(logits: torch.Tensor, counts: torch.Tensor, params: SampleConfig
     return draw(probs, uniforms(probs.size(0), generator, probs.device))
 
 
-def uniforms(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """``n`` uniform numbers in [0, 1), float64, from ``generator``: one per sample drawn."""
+def uniforms(n: int, generator: Generators, device) -> torch.Tensor:
+    """``n`` uniform numbers in [0, 1), float64: one per sample drawn, from ``generator`` or, given a
+    list of ``n`` generators, one from each."""
+    if isinstance(generator, list):
+        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=device) for g in generator])
     return torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+
+
+def row_generators(seed: int | None, n: int, device) -> list[torch.Generator]:
+    """The generators of ``n`` samples: sample i seeded ``seed + i`` (a fresh random seed when None),
+    so sample i of a batch draws what a lone sample seeded ``seed + i`` draws."""
+    base = seed if seed is not None else torch.seed() % (2**63 - n)
+    out = []
+    for i in range(n):
+        g = torch.Generator(device=device)
+        g.manual_seed(base + i)
+        out.append(g)
+    return out
+
+
+def token_logprobs(logits: torch.Tensor, counts: torch.Tensor, params: SampleConfig) -> torch.Tensor:
+    """The log-probabilities a token is drawn from, before top-k / top-p truncation: the penalties,
+    then the temperature (OpenAI's logprobs are of the distribution after them); temperature 0
+    (greedy) is scored at temperature 1. ``logits (B, V)`` (masked tokens -inf) -> ``(B, V)`` float32."""
+    logits = penalize(logits.float(), counts, params)
+    return torch.log_softmax(logits / (params.temperature or 1.0), dim=-1)
 
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -97,10 +124,10 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def sample_groups(logits: torch.Tensor, counts: torch.Tensor,
-                  groups: list[tuple[SampleConfig, int, torch.Generator | None]]) -> torch.Tensor:
+                  groups: list[tuple[SampleConfig, int, Generators]]) -> torch.Tensor:
     """:func:`sample_next` for a batch made of several requests, each with its own settings.
 
-    ``groups`` lists consecutive row groups ``(params, rows, generator)``; ``logits`` and
+    ``groups`` lists consecutive row groups ``(params, rows, generator or one per row)``; ``logits`` and
     ``counts`` are ``(B, V)`` with B = the sum of the rows. The penalties, temperature and
     filters run once over the whole batch with per-row settings; each group then draws
     with its own generator. Every row gets exactly what :func:`sample_next` would give it

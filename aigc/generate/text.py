@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
 from aigc.formats.model_folder import companion_folder, read_sample_defaults
 from aigc.generate.engine import BatchEngine, Engine
+from aigc.generate.grammar import GrammarState, GrammarVocabulary, json_grammar
+from aigc.generate.logprobs import RequestHook, TokenLogprob, score_prompt
 
 
 @dataclass
@@ -72,11 +75,29 @@ class GenerationStep:
         pieces: new text of each sample ("" when a sample produced nothing printable yet or has ended).
         finish: None while a sample runs, then "stop" (stop string or stop token) or "length".
         tokens: tokens generated so far by each sample (stop tokens not counted).
+        logprobs: with ``settings.logprobs``, each sample's token of this step scored (None for a
+            sample that has ended or took a stop token); else None.
     """
 
     pieces: list[str]
     finish: list[str | None]
     tokens: list[int]
+    logprobs: list[TokenLogprob | None] | None = None
+
+
+@dataclass
+class Completion:
+    """One finished sample (:meth:`TextModel.complete`).
+
+    Attributes:
+        text: the generated text (prompt not included).
+        finish: "stop" or "length".
+        logprobs: its tokens scored (with ``logprobs=True``), else None.
+    """
+
+    text: str
+    finish: str
+    logprobs: list[TokenLogprob] | None = None
 
 
 class TextModel:
@@ -96,6 +117,8 @@ class TextModel:
         self.chat = chat
         self.engine = Engine(model, compiled)  # compiled: the gpt's decode step through torch.compile
         self._heal_cache: dict[str, torch.Tensor] = {}
+        self._grammars: dict[str, str] = {}  # schema JSON -> compiled grammar
+        self._grammar_vocabs: dict[tuple, GrammarVocabulary] = {}  # end tokens -> vocabulary
 
     @classmethod
     def from_folder(cls, model, folder: Path, compiled: bool = False) -> "TextModel":
@@ -162,7 +185,25 @@ class TextModel:
             raise AigcError(f"{unknown[0]}: not a sampling setting (known: {', '.join(sorted(known))})")
         cfg = dataclasses.replace(base or self.defaults, **given)
         cfg.validate()
+        if cfg.response_format != "text":
+            self.grammar(cfg)  # a schema the compiler refuses is refused here, before any work
         return cfg
+
+    def grammar(self, settings: SampleConfig) -> str:
+        """The compiled grammar of ``settings.response_format`` (cached per schema).
+
+        Raises:
+            GrammarError: a schema that does not compile, or a tokenizer whose tokens are not bytes
+                or characters.
+        """
+        if self.token_bytes is None:
+            raise AigcError(f"{self.folder.name}: structured output needs a byte-level BPE or character "
+                            "tokenizer (its tokens' bytes)")
+        schema = settings.json_schema if settings.response_format == "json_schema" else None
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = json_grammar(schema)
+        return self._grammars[key]
 
     # ------------------------------------------------------------ 2. the prompt
     def encode(self, prompt: str, suffix: str | None = None, heal: bool | None = None, limit: int | None = None,
@@ -284,27 +325,50 @@ class TextModel:
         if settings.code_stops:
             hold = max(hold, 1)  # a final newline may turn out to be a dedent
         allowed = self._tokens_starting_with(prompt.healed) if prompt.healed else None
+        hook = self._hook(settings, n, stop_ids)
         if batch is not None:
-            source = batch.add(prompt.ids, n, settings, seed, allowed)
+            source = batch.add(prompt.ids, n, settings, seed, allowed, hook)
         else:
-            source = self.engine.generate(prompt.ids, n, settings, seed, allowed)
+            source = self.engine.generate(prompt.ids, n, settings, seed, allowed, hook)
         try:
             for step, nxt in enumerate(source):
                 pieces = [""] * n
+                scored = [None] * n if settings.logprobs else None
                 for i, tok in enumerate(nxt.tolist()):
                     if finish[i]:
                         continue
+                    if scored is not None and tok not in stop_ids:
+                        scored[i] = hook.last[i]
                     text, finish[i] = self._advance(tokens[i], raw[i], tok, stop_ids, settings, prompt, step)
                     complete = len(text) if by_bytes or finish[i] else len(text.rstrip("\ufffd"))  # decoded so far
                     safe = complete if finish[i] else complete - hold  # what no stop string can still take back
                     if safe > emitted[i]:
                         pieces[i] = text[emitted[i]:safe]
                         emitted[i] = safe
-                yield GenerationStep(pieces, list(finish), [len(t) for t in tokens])
+                yield GenerationStep(pieces, list(finish), [len(t) for t in tokens], scored)
                 if all(finish):
                     break
         finally:
             source.close()
+
+    def _hook(self, settings: SampleConfig, n: int, stop_ids: set[int]) -> RequestHook | None:
+        """The engine hook of a request: log-probabilities and a grammar, when its settings ask."""
+        grammar = None
+        if settings.response_format != "text":
+            eos = tuple(sorted(stop_ids))
+            if eos not in self._grammar_vocabs:
+                self._grammar_vocabs[eos] = GrammarVocabulary(
+                    self.token_bytes, lambda s: self.tokenizer.tk.encode(s, add_special_tokens=False).ids, list(eos))
+            grammar = GrammarState(self._grammar_vocabs[eos], self.grammar(settings), n, self.token_texts.__getitem__)
+        if grammar is None and not settings.logprobs:
+            return None
+        return RequestHook(n, settings.top_logprobs if settings.logprobs else None, grammar)
+
+    def score(self, prompt: Prompt, top: int = 0) -> list[TokenLogprob]:
+        """The log-probability of each token of ``prompt`` after the ones before it (the
+        document-start token is context, not scored), with ``top`` alternatives each: the
+        per-token loss ``aigc eval`` averages, negated."""
+        return score_prompt(self.model, prompt.ids, top)
 
     def _advance(self, tokens: list[int], raw: bytearray | None, tok: int, stop_ids: set[int],
                  settings: SampleConfig, prompt: Prompt, step: int) -> tuple[str, str | None]:
@@ -355,9 +419,33 @@ class TextModel:
             AigcError: a prompt the tokenizer cannot encode, or a setting out of range.
         """
         cfg = self.settings(settings, **overrides)
-        encoded = self.encode(prompt, suffix, heal=cfg.token_healing)
-        for step in self.steps(encoded, cfg, n, seed):
+        for step in self.steps(self._encode_for(prompt, suffix, cfg), cfg, n, seed):
             yield step.pieces
+
+    def _encode_for(self, prompt: str, suffix: str | None, cfg: SampleConfig) -> Prompt:
+        """The prompt for ``cfg``: no token healing under a grammar (the healed text is no JSON)."""
+        return self.encode(prompt, suffix, heal=cfg.token_healing and cfg.response_format == "text")
+
+    def complete(self, prompt: str, n: int = 1, seed: int | None = None, suffix: str | None = None,
+                 settings: SampleConfig | None = None, **overrides) -> list[Completion]:
+        """``n`` samples after ``prompt`` as :class:`Completion` objects (text, finish reason and, with
+        ``logprobs=True``, each token's log-probability and ``top_logprobs`` alternatives). Takes the
+        overrides of :meth:`stream_batch`, among them ``logprobs``, ``top_logprobs``,
+        ``response_format`` and ``json_schema``.
+
+        Raises:
+            AigcError: a prompt the tokenizer cannot encode, or a setting out of range.
+        """
+        cfg = self.settings(settings, **overrides)
+        texts, finish = [""] * n, [None] * n
+        scored: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        for step in self.steps(self._encode_for(prompt, suffix, cfg), cfg, n, seed):
+            texts = [t + p for t, p in zip(texts, step.pieces)]
+            finish = step.finish
+            for i, lp in enumerate(step.logprobs or []):
+                if lp is not None:
+                    scored[i].append(lp)
+        return [Completion(t, f or "length", s if cfg.logprobs else None) for t, f, s in zip(texts, finish, scored)]
 
     def stream(self, prompt: str, seed: int | None = None, **kwargs) -> Iterator[str]:
         """Generate one sample and yield its text piece by piece as tokens arrive (prompt not included).

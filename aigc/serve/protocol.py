@@ -2,9 +2,10 @@
 
 Field names, defaults and ranges follow OpenAI's API reference (completions,
 chat completions, images) so the official clients work unchanged; ``top_k``,
-``repetition_penalty`` and ``ignore_eos`` are extensions that vLLM and others accept too. Fields we
-cannot honour (``logprobs``, ``logit_bias``, ``suffix`` for a model not trained for
-fill-in-the-middle, ``best_of`` > n, image URLs) are refused with a 400 rather than silently ignored. Unknown fields are
+``repetition_penalty``, ``ignore_eos`` and ``response_format`` on completions are extensions that
+vLLM and others accept too. Fields we cannot honour (``logit_bias``, ``suffix`` for a model not
+trained for fill-in-the-middle, ``best_of`` > n, tools, image URLs) are refused with a 400 rather
+than silently ignored. Unknown fields are
 ignored, as OpenAI's server does.
 """
 
@@ -40,15 +41,19 @@ class SamplingFields(Strict):
     stream: bool | None = False
     stream_options: dict | None = None
     ignore_eos: bool = False  # vLLM's extension: go on past the end-of-document token (benchmarks)
-    logprobs: int | bool | None = None
+    response_format: dict | None = None  # {"type": "text" | "json_object" | "json_schema", "json_schema": {...}}
     logit_bias: dict | None = None
     user: str | None = None
 
 
 class CompletionRequest(SamplingFields):
-    """``POST /v1/completions``: ``prompt`` is a string or a list of strings (one choice group each)."""
+    """``POST /v1/completions``: ``prompt`` is a string, a list of strings (one choice group each), or
+    token ids (a list of ints, or a list of such lists). ``logprobs`` k: each token's log-probability
+    and its k most likely alternatives (0 to 20); with ``echo`` the prompt's tokens are scored too,
+    and ``max_tokens`` 0 then scores the prompt without generating."""
 
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
@@ -59,11 +64,12 @@ class ChatRequest(SamplingFields):
 
     messages: list[dict]
     max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
     tools: list | None = None
     tool_choice: str | dict | None = None
     functions: list | None = None
     function_call: str | dict | None = None
-    response_format: dict | None = None
 
 
 class ImageRequest(Strict):
