@@ -43,7 +43,7 @@ import tomli_w
 from aigc.errors import AigcError, check_unicode
 from aigc.folders import tokenizer_file
 from aigc.models import IMAGE_FAMILIES, config_class, family_of
-from aigc.models.lora import LoRAConfig
+from aigc.models.lora import LINEAR_MODULES, LoRAConfig
 
 
 @dataclass
@@ -185,7 +185,7 @@ class TrainConfig:
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on the frozen init_from model (Hu et al. 2021)
     lora_alpha: float = 16.0  # LoRA scale: the update is multiplied by lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
-    lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # linear layers adapted
+    lora_targets: list[str] = dataclasses.field(default_factory=lambda: list(LINEAR_MODULES))  # linear layers adapted (all seven)
     log: list[str] = dataclasses.field(default_factory=list)  # extra loggers beside metrics.jsonl: "tensorboard"
 
     def validate(self) -> None:

@@ -83,7 +83,7 @@ def served_model_folders(tmp_path_factory) -> dict[str, Path]:
     gen = {"max_new_tokens": 24, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     save_model_folder(root / "text", gpt, tok, gen)
     save_model_folder(root / "chat", gpt, tok, gen)
-    save_chat_template(root / "chat", ChatTemplate(CHAT_TEMPLATE, eos_token="\n"))
+    save_chat_template(root / "chat", ChatTemplate(CHAT_TEMPLATE, eos_token="\n", trained=True))  # stands in for a chat-trained model
     gan = DCGAN(DCGANConfig(g_width=8, d_width=8, z_dim=16, conditional=True, n_classes=3, classes=CLASSES))
     save_model_folder(root / "images", gan)
     return {"text": root / "text", "chat": root / "chat", "images": root / "images"}

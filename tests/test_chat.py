@@ -187,12 +187,14 @@ def chat(model: Path, stdin: str, *flags: str) -> subprocess.CompletedProcess:
 
 def test_chat_streams_replies_keeps_history_and_resets(chat_run):
     folder = chat_run / "checkpoints" / "step-000020"
-    assert json.loads((folder / "tokenizer_config.json").read_text())["eos_token"] == CHATML_END
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["eos_token"] == CHATML_END and config["aigc_chat_trained"] is True  # trained on chats: a chat model
     flags = ("--temperature", "1", "--max-tokens", "12", "--seed", "7")
     first = chat(chat_run, "写一首诗\n", *flags)
     assert first.returncode == 0, first.stderr
     reply = first.stdout
-    assert reply.endswith("\n") and reply.strip() and CHATML_END not in reply
+    assert reply.startswith("> 写一首诗\n") and reply.endswith("\n\n")  # a pipe: each turn marked
+    assert reply.strip() and CHATML_END not in reply and "never trained" not in first.stderr
     session = chat(chat_run, "写一首诗\n再写一首\n/system 你是诗人。\n/system\n/reset\n写一首诗\n/exit\n/bogus\n", *flags)
     assert session.returncode == 0, session.stderr
     # replies: the first, one with history, then after /reset (a new conversation: same seed) the first again

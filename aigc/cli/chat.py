@@ -9,6 +9,7 @@ from aigc.api import load
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
 from aigc.config import SampleConfig
 from aigc.errors import AigcError
+from aigc.folders import folder_kind
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
 
@@ -16,7 +17,8 @@ CHAT_COMMANDS = ("/reset starts a new conversation (the system prompt stays), /s
             "(/system alone removes it), /exit quits")
 CHAT = ("A conversation with a chat model (a folder whose tokenizer_config.json has a chat_template, e.g. one "
         "fine-tuned with data.format = \"chat\"). Each line of stdin is a user turn; the reply streams as it is "
-        "generated and the history is kept. " + CHAT_COMMANDS + "; end of input quits too. Unset parameters come from "
+        "generated and the history is kept (from a pipe, each turn is printed as '> LINE', the reply, a blank "
+        "line). " + CHAT_COMMANDS + "; end of input quits too. Unset parameters come from "
         "the model's generation_config.json.")
 
 
@@ -45,6 +47,9 @@ def run_chat(args, overrides: list[str]) -> int:
         raise AigcError(f"{model.folder}: not a chat model (no chat_template in its tokenizer_config.json); fine-tune "
                         "one on conversations (data.format = \"chat\") or use `aigc sample`")
     settings = model.turn_end(model.settings(**sampling_overrides(args)))  # a bad flag fails before the first turn
+    if not model.chat.trained and folder_kind(model.folder) != "hf":
+        print(f"note: {model.folder.name} has a chat template but was never trained on conversations; its replies "
+              "continue the text (fine-tune it with data.format = \"chat\" for a chat model)", file=sys.stderr)
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach the prompt check, which names them
         sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty()
@@ -71,6 +76,8 @@ def run_chat(args, overrides: list[str]) -> int:
                 print(f"unknown command {command!r}: {CHAT_COMMANDS}", file=sys.stderr)
             continue
         user = {"role": "user", "content": line}
+        if not interactive:  # a pipe: mark each turn, as the terminal shows it (the reply follows, then a blank line)
+            print(f"> {line}", flush=True)
         reply = _reply(model, settings, system, history, user, None if args.seed is None else args.seed + turn,
                        interactive)
         if reply is not None:
@@ -111,7 +118,7 @@ def _reply(model: TextModel, settings: SampleConfig, system: str | None, history
             raise
         print("\n(reply interrupted; not kept in the conversation)", file=sys.stderr)
         return None
-    print(flush=True)
+    print("" if interactive else "\n", flush=True)
     return reply
 
 

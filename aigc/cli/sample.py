@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import secrets
 import sys
 import warnings
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from aigc.api import load
-from aigc.atomic import check_target, read_json
+from aigc.atomic import check_target, read_json, write_text
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
 from aigc.data.fim import fim_token_ids
 from aigc.errors import AigcError
@@ -40,7 +41,8 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
                    "schema (grammar-constrained decoding)")
     p.add_argument("--json", action="store_true", help="text: output a JSON object (grammar-constrained decoding)")
     g = p.add_argument_group("image models (dcgan, vae)")
-    g.add_argument("--out", help="the PNG to write (required for image models)")
+    g.add_argument("--out", help="image models: the PNG to write (required); text models: also write the samples "
+                   "to this .txt or .jsonl file")
     g.add_argument("--class", dest="label", help="generate this class (name or index) with a conditional model")
     g.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8; one column per class "
                    "when a conditional model samples every class)")
@@ -68,26 +70,33 @@ def run_sample(args, overrides: list[str]) -> int:
     model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     if isinstance(model, ImageModel):
         return _sample_images(model, args)
-    for flag in ("out", "label", "reconstruct", "interpolate"):
+    for flag in ("label", "reconstruct", "interpolate"):
         if getattr(args, flag) is not None:
             raise AigcError(f"--{'class' if flag == 'label' else flag} is for image models; "
                             f"{args.model} is a {model.family!r} text model")
     n = 1 if args.n is None else args.n
     if n < 1:
         raise AigcError(f"--n {n}: expected at least 1 sample")
+    if args.out is not None and Path(args.out).suffix.lower() not in (".txt", ".jsonl"):
+        raise AigcError(f"--out {args.out}: a text model writes .txt (the samples) or .jsonl (one JSON object "
+                        "per sample: prompt, text, seed)")
+    if args.out is not None:
+        check_target(Path(args.out))
     check_seed(args.seed)
     settings = model.settings(**sampling_overrides(args), **_output_overrides(args))
     with warnings.catch_warnings():  # a check only: a prompt cropped to the context is reported once, below
         warnings.simplefilter("ignore")
         model.encode(args.prompt, args.suffix)  # fail before printing anything (an unknown character, no FIM tokens)
+    samples = []
     for i in range(n):
         if n > 1:
             print(f"--- sample {i + 1}/{n}", flush=True)
         print(args.prompt, end="", flush=True)
         seed = None if args.seed is None else args.seed + i
-        if settings.logprobs or settings.response_format != "text":
+        if settings.logprobs or settings.response_format != "text" or args.out:
             done = model.complete(args.prompt, seed=seed, suffix=args.suffix, settings=settings)[0]
             print(done.text + (args.suffix or ""), flush=True)
+            samples.append({"prompt": args.prompt, "text": done.text, "seed": seed, "finish_reason": done.finish})
             if settings.response_format != "text" and done.finish == "length":
                 print(f"note: sample {i + 1} reached --max-new-tokens {settings.max_new_tokens} before its JSON "
                       "was complete", file=sys.stderr)
@@ -97,7 +106,19 @@ def run_sample(args, overrides: list[str]) -> int:
         for piece in model.stream(args.prompt, seed=seed, suffix=args.suffix, settings=settings):
             print(piece, end="", flush=True)
         print(args.suffix or "", flush=True)
+    if args.out:
+        _write_samples(Path(args.out), samples, args.suffix)
     return 0
+
+
+def _write_samples(out: Path, samples: list[dict], suffix: str | None) -> None:
+    """The samples of a text model into ``out`` (atomically): .jsonl one object per sample, .txt
+    each sample's full text (prompt, completion, suffix) followed by a blank line."""
+    if out.suffix.lower() == ".jsonl":
+        write_text(out, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    else:
+        write_text(out, "".join(s["prompt"] + s["text"] + (suffix or "") + "\n\n" for s in samples))
+    print(f"wrote {out}: {len(samples)} sample{'s' if len(samples) != 1 else ''}", file=sys.stderr)
 
 
 def _output_overrides(args) -> dict:

@@ -12,7 +12,7 @@ from aigc.data.chat import load_chat_template
 from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
 from aigc.folders import folder_kind, resolve_model_folder
-from aigc.formats.adapter import adapter_base, load_adapter, save_adapter
+from aigc.formats.adapter import adapter_base, load_adapter, save_adapter, weights_fingerprint
 from aigc.formats.gguf_file import TYPES as GGUF_TYPES
 from aigc.formats.gguf_file import export_gguf
 from aigc.formats.hf import EXPORT_MARK, export_hf, hf_names_for_module, layout_of
@@ -129,7 +129,8 @@ def _export(args, folder: Path, out: Path) -> int:
                         "layer); use --merge-lora to write one merged model")
     export_hf(model, tokenizer, out, args.dtype, args.max_shard_size, generation, chat)
     cfg = load_adapter(model, folder)
-    save_adapter(model, cfg, out / "adapter", str(out.resolve()), rename=hf_names_for_module)
+    save_adapter(model, cfg, out / "adapter", str(out.resolve()), rename=hf_names_for_module,
+                 fingerprint=weights_fingerprint(out))
     print(f"wrote {out}: base model (transformers {layout} layout, {args.dtype}) and {out / 'adapter'}: "
           f"LoRA adapter (PEFT layout, rank {cfg.rank}, alpha {cfg.alpha:g}, {', '.join(cfg.targets)})")
     return 0

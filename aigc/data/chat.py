@@ -56,13 +56,22 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+CHAT_TRAINED = "aigc_chat_trained"  # tokenizer_config.json: the model was trained on chats in its template
+
+
 @dataclass
 class ChatTemplate:
-    """A Jinja chat template and the string that ends an assistant turn (may be None)."""
+    """A Jinja chat template and the string that ends an assistant turn (may be None).
+
+    ``trained``: the model was trained on conversations in this template (``aigc_chat_trained`` in
+    tokenizer_config.json, written by a chat fine-tuning run); a template alone (tang-base's
+    ChatML, never chat-trained) only says how a conversation would be written.
+    """
 
     template: str
     eos_token: str | None = None
     bos_token: str | None = None
+    trained: bool = False
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (checked by :func:`check_messages`).
@@ -153,7 +162,7 @@ def chat_template_from_config(raw: dict, path: str | Path = "tokenizer_config.js
             raise AigcError(f"{path}: {key} must be a string")
         return value
 
-    return ChatTemplate(template, token("eos_token"), token("bos_token"))
+    return ChatTemplate(template, token("eos_token"), token("bos_token"), raw.get(CHAT_TRAINED) is True)
 
 
 def save_chat_template(folder: str | Path, chat: ChatTemplate) -> None:
@@ -166,6 +175,8 @@ def save_chat_template(folder: str | Path, chat: ChatTemplate) -> None:
     for key in ("eos_token", "bos_token"):
         if getattr(chat, key) is not None:
             raw[key] = getattr(chat, key)
+    if chat.trained:
+        raw[CHAT_TRAINED] = True
     write_json(path, raw)
 
 

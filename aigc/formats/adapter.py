@@ -4,12 +4,17 @@ Formats layer: an adapter folder holds ``adapter_config.json`` + ``adapter_model
 tensor names ``base_model.model.<module>.lora_A.weight``, so the ``peft`` library loads them:
 with our module names for a run's own adapter (``peft`` can wrap aigc's ``GPT`` module
 directly), and with transformers' names when :func:`aigc.formats.hf.export_hf` writes the
-base as a Llama or Qwen2 folder. ``base_model_name_or_path`` names the base (a path, or a
-shipped model's name).
+base as a Llama or Qwen2 folder. ``base_model_name_or_path`` names the base portably: a shipped
+model's name, or a path relative to the adapter folder (an absolute path only when the two are on
+different drives), so a run folder moved or copied together with its base keeps working.
+``aigc_base_sha256`` (ignored by ``peft``) fingerprints the base's weight files; loading the adapter
+onto a base whose weights have changed since is an error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -19,21 +24,76 @@ from safetensors.torch import load_file, save_file
 
 from aigc.atomic import atomic_path, read_json, write_json
 from aigc.errors import AigcError
-from aigc.folders import ADAPTER_CONFIG
+from aigc.folders import ADAPTER_CONFIG, BUILTIN_MODELS
 from aigc.formats.hf import hf_names_for_module
 from aigc.models.lora import LINEAR_MODULES, LoRAConfig, add_lora, lora_modules
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FINGERPRINT = "aigc_base_sha256"
+_fingerprints: dict[tuple, str] = {}  # (folder, files' sizes and times) -> fingerprint, per process
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over the names and bytes of a model folder's ``*.safetensors`` files (sorted by name;
+    a sharded transformers folder counts all its shards), hex. Cached per process while the files'
+    sizes and modification times stay the same.
+
+    Raises:
+        AigcError: the folder has no safetensors file.
+    """
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise AigcError(f"{folder}: no .safetensors weights to fingerprint")
+    key = (str(Path(folder).resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        _fingerprints[key] = h.hexdigest()
+    return _fingerprints[key]
+
+
+def portable_base(base: str | Path, adapter_folder: str | Path) -> str:
+    """How an adapter in ``adapter_folder`` names ``base``: a shipped model's name, else the path
+    relative to the adapter folder (absolute only when no relative path exists)."""
+    for name, path in BUILTIN_MODELS.items():
+        if str(base) == name and not Path(base).exists():
+            return name
+        if Path(base).exists() and Path(base).resolve() == path.resolve():
+            return name
+    try:
+        return os.path.relpath(Path(base).resolve(), Path(adapter_folder).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(Path(base).resolve())
+
+
+def check_base_fingerprint(adapter_folder: str | Path, base_folder: str | Path) -> None:
+    """Raises AigcError when the adapter records a fingerprint of its base's weights and the weights
+    in ``base_folder`` no longer match it (adapters without one, such as peft's, are not checked)."""
+    raw = read_json(Path(adapter_folder) / ADAPTER_CONFIG)
+    recorded = raw.get(FINGERPRINT) if isinstance(raw, dict) else None
+    if not recorded:
+        return
+    now = weights_fingerprint(base_folder)
+    if now != recorded:
+        raise AigcError(f"{adapter_folder}: its base {base_folder} has changed since the adapter was made (weights "
+                        f"sha256 {recorded[:12]}... recorded, {now[:12]}... now); use the adapter's own base, or "
+                        "train the adapter again on this one")
 
 
 def save_adapter(model: nn.Module, cfg: LoRAConfig, folder: str | Path, base: str,
-                 rename=None) -> None:
+                 rename=None, fingerprint: str | None = None) -> None:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's layout) into ``folder``.
 
     Args:
-        base: the base model's folder, recorded as ``base_model_name_or_path``.
+        base: the base model's folder or shipped name, recorded portably (:func:`portable_base`)
+            as ``base_model_name_or_path``.
         rename: maps our module name to the name in the model ``peft`` will wrap (e.g.
             transformers' ``model.layers.0.self_attn.q_proj``); identity when None.
+        fingerprint: :func:`weights_fingerprint` of the base, recorded as ``aigc_base_sha256``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +107,7 @@ def save_adapter(model: nn.Module, cfg: LoRAConfig, folder: str | Path, base: st
     write_json(folder / ADAPTER_CONFIG, {
         # CAUSAL_LM only for transformers models: peft's causal-LM wrapper needs their generation API
         "peft_type": "LORA", "task_type": "CAUSAL_LM" if rename is not None else None,
-        "base_model_name_or_path": str(base),
+        "base_model_name_or_path": portable_base(base, folder), **({FINGERPRINT: fingerprint} if fingerprint else {}),
         "r": cfg.rank, "lora_alpha": int(cfg.alpha) if float(cfg.alpha).is_integer() else cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": sorted(cfg.targets),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
         "inference_mode": True, "modules_to_save": None,

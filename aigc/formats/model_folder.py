@@ -31,7 +31,7 @@ from aigc.atomic import atomic_path, read_json, write_json
 from aigc.config import SampleConfig, build_dataclass
 from aigc.errors import AigcError
 from aigc.folders import CONFIG, folder_kind, resolve_model_folder
-from aigc.formats.adapter import adapter_base, load_adapter, save_adapter
+from aigc.formats.adapter import adapter_base, check_base_fingerprint, load_adapter, save_adapter
 from aigc.formats.hf import config_from_hf, load_hf_folder, sample_defaults_from_hf
 from aigc.models import build_model, config_class, family_of
 from aigc.models.lora import lora_modules, merge_lora
@@ -48,7 +48,7 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, tokenizer=None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if lora_modules(model):  # a LoRA run: the adapter alone (PEFT layout), naming its base
-        save_adapter(model, model.lora_config, folder, model.lora_base)
+        save_adapter(model, model.lora_config, folder, model.lora_base, fingerprint=getattr(model, "lora_fingerprint", None))
     else:
         with atomic_path(folder / "model.safetensors") as tmp:
             save_model(model, str(tmp), metadata={"format": "pt", "family": model.family})
@@ -60,11 +60,15 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, tokenizer=None
 
 
 def resolve_base(base: str, adapter_folder: str | Path) -> Path:
-    """The model folder an adapter's ``base_model_name_or_path`` names (a shipped name or a path).
+    """The model folder an adapter's ``base_model_name_or_path`` names: a shipped name, a path
+    relative to the adapter folder, or (adapters written elsewhere) an absolute or working-folder path.
 
     Raises:
         AigcError: the base is gone, naming the adapter.
     """
+    beside = Path(adapter_folder) / base
+    if not Path(base).is_absolute() and beside.exists():
+        base = str(beside)
     try:
         return resolve_model_folder(base)
     except AigcError as e:
@@ -121,7 +125,9 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
     folder = Path(folder)
     kind = folder_kind(folder)
     if kind == "adapter":  # a LoRA adapter: its base with the adapter merged in
-        model = load_model_folder(resolve_base(adapter_base(folder), folder), "cpu", families)
+        base = resolve_base(adapter_base(folder), folder)
+        check_base_fingerprint(folder, base)
+        model = load_model_folder(base, "cpu", families)
         load_adapter(model, folder)
         return merge_lora(model).to(device).eval()
     if kind == "hf":

@@ -12,6 +12,7 @@ Saving and loading adapters (PEFT's layout) is :mod:`aigc.formats.adapter`'s.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +30,7 @@ class LoRAConfig:
     rank: int = 8
     alpha: float = 16.0  # the update is scaled by alpha / rank
     dropout: float = 0.0  # dropout on the adapter's input
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    targets: list[str] = field(default_factory=lambda: list(LINEAR_MODULES))  # every linear layer (as peft's "all-linear")
 
     @property
     def scaling(self) -> float:
@@ -85,7 +86,8 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     Returns:
         the wrapped module names.
     Raises:
-        AigcError: a target the model lacks (e.g. gate_proj on a GELU model).
+        AigcError: a target the model lacks (e.g. gate_proj on a GELU model); the default targets,
+            all seven linear kinds, mean every one the model has (``model.lora_config`` then names them).
     """
     cfg.validate()
     for p in model.parameters():
@@ -96,12 +98,23 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
             if child_name in cfg.targets and isinstance(child, nn.Linear) and name.startswith("blocks."):
                 setattr(module, child_name, LoRALinear(child, cfg.rank, cfg.alpha, cfg.dropout))
                 wrapped.append(f"{name}.{child_name}")
+    cfg = dataclasses.replace(cfg, targets=effective_targets(model, cfg))
     model.lora_config = cfg
     missing = [t for t in cfg.targets if not any(w.endswith("." + t) for w in wrapped)]
     if missing:
         raise AigcError(f"train.lora_targets: the model has no {', '.join(missing)} layers "
                         f"(it has: {', '.join(sorted({n.rsplit('.', 1)[1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith('blocks.')}))})")
     return wrapped
+
+
+def effective_targets(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """The layer kinds ``cfg`` adapts in ``model``, sorted: the default (all seven kinds) means every
+    kind the model's blocks have (a GELU model has no gate_proj); any other list is taken as given."""
+    if set(cfg.targets) != set(LINEAR_MODULES):
+        return sorted(cfg.targets)
+    present = {n.rsplit(".", 1)[1] for n, m in model.named_modules()
+               if n.startswith("blocks.") and (isinstance(m, nn.Linear) or type(m).__name__ == "LoRALinear")}
+    return sorted(present & set(LINEAR_MODULES)) or sorted(cfg.targets)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -39,6 +39,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aigc.errors import AigcError
+from aigc.folders import folder_kind
 from aigc.generate.engine import BatchEngine
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
@@ -162,6 +163,7 @@ def describe(served: Served, name: str) -> dict:
     m = served.models[name]
     if isinstance(m, TextModel):
         extra = {"kind": "text", "family": m.family, "chat": m.chat is not None,
+                 "chat_trained": m.chat is not None and (m.chat.trained or folder_kind(m.folder) == "hf"),
                  "context_length": m.model.context_length,
                  "defaults": {"temperature": m.defaults.temperature, "top_k": m.defaults.top_k,
                               "top_p": m.defaults.top_p, "max_tokens": m.defaults.max_new_tokens}}

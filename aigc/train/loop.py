@@ -42,11 +42,12 @@ from aigc.data.prepared import use_base_tokenizer
 from aigc.data.tokenizer import Tokenizer
 from aigc.train.tensorboard import TensorBoardLog
 from aigc.errors import AigcError
-from aigc.formats.adapter import load_adapter, read_adapter_config
+from aigc.folders import resolve_model_folder
+from aigc.formats.adapter import load_adapter, read_adapter_config, weights_fingerprint
 from aigc.formats.checkpoint import load_training_state, read_training_state, save_checkpoint
 from aigc.formats.model_folder import load_model_folder
 from aigc.models import build_model, family_of
-from aigc.models.lora import add_lora
+from aigc.models.lora import add_lora, effective_targets
 from aigc.runtime import autocast, pick_device, set_threads
 from aigc.train import fsdp
 from aigc.train.distributed import Ranks, accumulating, agree, barrier, from_environment, one_update, per_rank_batch, wrap
@@ -119,11 +120,14 @@ def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, ba
             saved_lora = read_adapter_config(ckpt)
             for key in ("rank", "alpha", "dropout", "targets"):
                 ours, theirs = getattr(lora, key), getattr(saved_lora, key)
-                if (sorted(ours) if key == "targets" else ours) != (sorted(theirs) if key == "targets" else theirs):
+                if key == "targets":
+                    ours, theirs = effective_targets(model, lora), sorted(theirs)
+                if ours != theirs:
                     raise AigcError(f"{run_dir}: the run's adapters have lora_{key} = {theirs}, the config asks "
                                     f"for {ours}; resume with the run's own LoRA settings")
         add_lora(model, lora)
-        model.lora_base = cfg.train.init_from
+        model.lora_base = resolve_model_folder(cfg.train.init_from)  # recorded relative to each checkpoint
+        model.lora_fingerprint = weights_fingerprint(model.lora_base)  # a changed base is refused on load
     return model, lora
 
 

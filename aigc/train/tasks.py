@@ -13,6 +13,7 @@ The loop (:mod:`aigc.train.loop`) is the same for every family. A task gives it:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Callable
 import torch
 
 from aigc.atomic import write_text
+from aigc.data.chat import CHAT_TRAINED
 from aigc.data.captions import (COLORS, GARMENTS, base_caption_tokenizer, caption, encode_prompts,
                                 normalise_prompt)
 from aigc.data.images import class_aliases
@@ -69,6 +71,9 @@ class TextTask:
     def __init__(self, cfg, data, device, ranks: Ranks = Ranks()):
         self.cfg, self.data, self.device, self.ranks = cfg, data, device, ranks
         self.tokenizer = data.tokenizer
+        if data.masks is not None:  # chat data: the checkpoints say their template was trained
+            self.tokenizer = copy.copy(data.tokenizer)
+            self.tokenizer.config = {**data.tokenizer.config, CHAT_TRAINED: True}
         self.generation_config = dataclasses.asdict(cfg.sample)
         self.tpc = data.tokens_per_char("val")
 

@@ -44,7 +44,8 @@ async function loadModels() {
   for (const m of models) {
     const option = document.createElement("option");
     option.value = m.id;
-    const kind = m.aigc.kind === "image" ? "image" : m.aigc.chat ? "chat" : "text";
+    // "chat" only for a model trained on conversations; a template alone (tang-base) continues text
+    const kind = m.aigc.kind === "image" ? "image" : m.aigc.chat_trained ? "chat" : "text";
     option.textContent = `${m.id} (${kind}, ${m.aigc.family})`;
     $("model").append(option);
   }
@@ -92,7 +93,7 @@ function showModel() {
     $("top_p").value = d.top_p;
     $("top_k").value = d.top_k;
     $("max_tokens").value = d.max_tokens;
-    const chat = m.aigc.chat;
+    const chat = m.aigc.chat_trained;
     $("system-row").hidden = !chat;
     $("history").hidden = !chat;
     $("clear").hidden = !chat;
@@ -142,7 +143,7 @@ async function readEvents(response, onData) {
 
 async function generateText() {
   const m = current();
-  const chat = m.aigc.chat;
+  const chat = m.aigc.chat_trained;
   const prompt = $("prompt").value;
   const body = {
     model: m.id, stream: true, temperature: number("temperature"), top_p: number("top_p"),
