@@ -62,21 +62,21 @@ def json_grammar(schema: dict | None) -> str:
 
 class GrammarVocabulary:
     """A model's tokens as llguidance sees them: the bytes of each id, the special and unused ids
-    (never allowed), and the end tokens (allowed once a document is complete).
+    (never allowed), and the end-of-document token (offered once a document is complete).
 
     Args:
         token_bytes: the bytes of every model token id (``TextModel.token_bytes``; empty for
             special and unused ids).
         encode: text -> token ids (used by llguidance to tokenize fixed strings).
-        eos: the ids that end a sample.
+        eot: the end-of-document token id.
     """
 
-    def __init__(self, token_bytes: list[bytes], encode, eos: list[int]):
+    def __init__(self, token_bytes: list[bytes], encode, eot: int):
         lib = _lib()
         special = [i for i, b in enumerate(token_bytes) if not b]
 
         class Wrapper:  # the duck type llguidance.TokenizerWrapper reads
-            eos_token_id = eos[0]
+            eos_token_id = eot
             bos_token_id = None
             tokens = [b if b else b"\xff<|special_%d|>" % i for i, b in enumerate(token_bytes)]
             special_token_ids = special
@@ -84,10 +84,20 @@ class GrammarVocabulary:
             def __call__(self, s):
                 return encode(s.decode("utf-8", errors="ignore") if isinstance(s, bytes) else s)
 
-        self.size, self.eos = len(token_bytes), set(eos)
-        self.not_end = np.ones(self.size, dtype=bool)  # (V,): the tokens that do not end a sample
-        self.not_end[list(eos)] = False
-        self.tokenizer = lib.LLTokenizer(lib.TokenizerWrapper(Wrapper()), eos_token=list(eos))
+        self.size, self.eot = len(token_bytes), eot
+        self.tokenizer = lib.LLTokenizer(lib.TokenizerWrapper(Wrapper()), eos_token=eot)
+
+    def compile(self, grammar: str):
+        """A matcher at the start of ``grammar`` (from :func:`json_grammar`), to copy per sample; the
+        slow part (up to about a second for a large schema), so callers do it once per schema.
+
+        Raises:
+            GrammarError: the grammar does not build for this vocabulary (the reason quoted).
+        """
+        m = _lib().LLMatcher(self.tokenizer, grammar, log_level=0)
+        if m.is_error():
+            raise GrammarError(f"json_schema: cannot compile: {m.get_error().splitlines()[0]}")
+        return m
 
 
 class GrammarState:
@@ -95,20 +105,19 @@ class GrammarState:
 
     Args:
         vocab: the model's :class:`GrammarVocabulary`.
-        grammar: from :func:`json_grammar`.
+        start: a matcher from :meth:`GrammarVocabulary.compile`, copied for each sample.
         n: samples.
+        stop_ids: the tokens that end a sample in this request (allowed once its document is complete).
         token_text: id -> text, to name the document so far in an error.
     """
 
-    def __init__(self, vocab: GrammarVocabulary, grammar: str, n: int, token_text=None):
-        lib = _lib()
-        self.vocab, self.token_text = vocab, token_text
-        self.matchers = [lib.LLMatcher(vocab.tokenizer, grammar, log_level=0) for _ in range(n)]
+    def __init__(self, vocab: GrammarVocabulary, start, n: int, stop_ids, token_text=None):
+        self.vocab, self.token_text, self.stop_ids = vocab, token_text, set(stop_ids) | {vocab.eot}
+        self.matchers = [start.deep_copy() for _ in range(n)]
+        self.end = np.zeros(vocab.size, dtype=bool)  # (V,): the tokens that end a sample
+        self.end[[t for t in self.stop_ids if t < vocab.size]] = True
         self.done = [False] * n  # sample ended (its stop token taken): no more constraints
         self.text = [[] for _ in range(n)]
-        bad = self.matchers[0].get_error() if self.matchers[0].is_error() else ""
-        if bad:
-            raise GrammarError(f"json_schema: cannot compile: {bad.splitlines()[0]}")
 
     def allowed(self) -> torch.Tensor:
         """Bool ``(n, V)``: the tokens each sample may take next (every token for an ended sample).
@@ -122,16 +131,17 @@ class GrammarState:
                 rows.append(np.ones(self.vocab.size, dtype=bool))
                 continue
             if m.is_stopped():  # the document is complete: only an end token may follow
-                rows.append(~self.vocab.not_end)
+                rows.append(self.end.copy())
                 continue
             bits = np.unpackbits(np.frombuffer(m.compute_bitmask(), dtype=np.uint8), bitorder="little")
             row = bits[:self.vocab.size].astype(bool)
-            only_end = not (row & self.vocab.not_end).any()
-            if only_end and not m.is_accepting():  # llguidance offers the end when nothing else can go on
+            row[self.vocab.eot] = False  # llguidance's own end bit; the request's end tokens below
+            accepting = m.is_accepting()
+            if not row.any() and not accepting:  # nothing can go on (llguidance would offer the end)
                 so_far = "".join(self.token_text(t) for t in self.text[i]) if self.token_text else ""
                 raise GrammarError(f"no token of this model's vocabulary can continue the JSON after "
                                    f"{so_far[-40:]!r} ({m.get_error() or 'the characters it needs are missing'})")
-            rows.append(row)
+            rows.append(row | self.end if accepting else row)
         return torch.from_numpy(np.stack(rows))
 
     def advance(self, nxt: list[int]) -> None:
@@ -139,7 +149,7 @@ class GrammarState:
         for i, (m, t) in enumerate(zip(self.matchers, nxt)):
             if self.done[i]:
                 continue
-            if t in self.vocab.eos:
+            if t in self.stop_ids:
                 self.done[i] = True
                 continue
             m.consume_token(t)

@@ -117,8 +117,8 @@ class TextModel:
         self.chat = chat
         self.engine = Engine(model, compiled)  # compiled: the gpt's decode step through torch.compile
         self._heal_cache: dict[str, torch.Tensor] = {}
-        self._grammars: dict[str, str] = {}  # schema JSON -> compiled grammar
-        self._grammar_vocabs: dict[tuple, GrammarVocabulary] = {}  # end tokens -> vocabulary
+        self._grammars: dict = {}  # schema JSON -> a compiled matcher at the start of its grammar
+        self._grammar_vocab: GrammarVocabulary | None = None
 
     @classmethod
     def from_folder(cls, model, folder: Path, compiled: bool = False) -> "TextModel":
@@ -189,8 +189,9 @@ class TextModel:
             self.grammar(cfg)  # a schema the compiler refuses is refused here, before any work
         return cfg
 
-    def grammar(self, settings: SampleConfig) -> str:
-        """The compiled grammar of ``settings.response_format`` (cached per schema).
+    def grammar(self, settings: SampleConfig):
+        """The compiled grammar of ``settings.response_format``: a matcher to copy per sample
+        (cached per schema; compiling takes up to about a second for a large schema).
 
         Raises:
             GrammarError: a schema that does not compile, or a tokenizer whose tokens are not bytes
@@ -202,7 +203,13 @@ class TextModel:
         schema = settings.json_schema if settings.response_format == "json_schema" else None
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
-            self._grammars[key] = json_grammar(schema)
+            if self._grammar_vocab is None:
+                self._grammar_vocab = GrammarVocabulary(
+                    self.token_bytes, lambda s: self.tokenizer.tk.encode(s, add_special_tokens=False).ids,
+                    self.tokenizer.eot_id)
+            if len(self._grammars) >= 64:  # a server's cache of schemas stays bounded
+                self._grammars.pop(next(iter(self._grammars)))
+            self._grammars[key] = self._grammar_vocab.compile(json_grammar(schema))
         return self._grammars[key]
 
     # ------------------------------------------------------------ 2. the prompt
@@ -355,11 +362,8 @@ class TextModel:
         """The engine hook of a request: log-probabilities and a grammar, when its settings ask."""
         grammar = None
         if settings.response_format != "text":
-            eos = tuple(sorted(stop_ids))
-            if eos not in self._grammar_vocabs:
-                self._grammar_vocabs[eos] = GrammarVocabulary(
-                    self.token_bytes, lambda s: self.tokenizer.tk.encode(s, add_special_tokens=False).ids, list(eos))
-            grammar = GrammarState(self._grammar_vocabs[eos], self.grammar(settings), n, self.token_texts.__getitem__)
+            start = self.grammar(settings)  # compiled when the settings were checked; cached
+            grammar = GrammarState(self._grammar_vocab, start, n, stop_ids, self.token_texts.__getitem__)
         if grammar is None and not settings.logprobs:
             return None
         return RequestHook(n, settings.top_logprobs if settings.logprobs else None, grammar)

@@ -168,7 +168,8 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
     if not generate and not (req.echo and req.logprobs is not None):
         raise APIError(400, "max_tokens = 0: only with echo and logprobs (to score the prompt)", param="max_tokens")
     max_tokens = (req.max_tokens if req.max_tokens is not None else 16) if generate else 1
-    settings = settings_of(req, tm, max_tokens, limits, req.logprobs is not None, req.logprobs)
+    settings = await run_in_threadpool(settings_of, req, tm, max_tokens, limits, req.logprobs is not None,
+                                       req.logprobs)  # off the event loop: a schema's grammar compiles here
     given = [req.prompt] if isinstance(req.prompt, str) or (req.prompt and isinstance(req.prompt[0], int)) \
         else req.prompt
     if not given or len(given) * req.n > limits.max_n:
@@ -239,7 +240,8 @@ async def chat_completions(req: P.ChatRequest, request: Request, served: Served 
         raise APIError(400, "top_logprobs: only with logprobs = true", param="top_logprobs")
     text = tm.render_chat(req.messages)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    settings = tm.turn_end(settings_of(req, tm, max_tokens, served.limits, bool(req.logprobs), req.top_logprobs))
+    settings = tm.turn_end(await run_in_threadpool(settings_of, req, tm, max_tokens, served.limits, bool(req.logprobs),
+                                                   req.top_logprobs))  # off the event loop: a grammar compiles here
     check_seed(req.seed, req.n)
     prompts = [await encode_prompt(tm, text, "messages", served.limits)]
     rid, ts = P.new_id("chatcmpl"), P.now()
