@@ -87,3 +87,23 @@ def test_sample_out_writes_the_text_samples_and_says_where(served_model_folders,
     assert [row["seed"] for row in rows] == [4, 5] and all(row["prompt"] == "春" for row in rows)
     bad = run_cli("sample", str(served_model_folders["text"]), "--out", str(tmp_path / "x.png"))
     assert bad.returncode == 2 and "writes .txt" in bad.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_the_progress_bar_ends_where_the_run_will_end():
+    from aigc.train.loop import expected_last_step
+
+    # a one-minute limit at 2 steps/s, 10 s in at step 20: the bar's total is step 120, not max_steps
+    assert expected_last_step(20, 100_000, 60, 10, 2.0) == 120
+    assert expected_last_step(20, 50, 60, 10, 2.0) == 50  # max_steps comes first
+    assert expected_last_step(20, 100_000, 0, 10, 2.0) == 100_000  # no time limit
+    assert expected_last_step(20, 100_000, 60, 70, 2.0) == 20  # the limit has passed
+
+
+def test_chat_takes_the_sampling_flags_of_sample_and_sample_help_says_images():
+    for verb in ("sample", "chat"):
+        r = run_cli(verb, "--help")
+        for flag in ("--top-k", "--top-p", "--repetition-penalty", "--presence-penalty", "--frequency-penalty",
+                     "--stop", "--max-new-tokens", "--seed", "--temperature"):
+            assert flag in r.stdout, (verb, flag)
+    listing = run_cli("--help").stdout
+    assert "generate text or images" in listing

@@ -131,6 +131,15 @@ def _model_for(cfg: RunConfig, task, run_dir: Path, ckpt: Path | None, saved, ba
     return model, lora
 
 
+def expected_last_step(step: int, max_steps: int, limit_s: float, elapsed_s: float, steps_per_s: float) -> int:
+    """The step the run will end at, for the progress bar's total and ETA: ``max_steps``, or where the
+    time limit (``limit_s`` seconds, 0 = none; ``elapsed_s`` spent) stops it at the current speed
+    if that comes first."""
+    if not limit_s or steps_per_s <= 0:
+        return max_steps
+    return max(step, min(max_steps, int(step + (limit_s - elapsed_s) * steps_per_s)))
+
+
 class _Run:
     """One training run in progress: the model, its task, optimizers, loop state and outputs."""
 
@@ -324,9 +333,7 @@ class _Run:
                     self.log(row)
                     shown = {k.replace("train_", ""): f"{row[k]:.3f}" for k in (u.loss_key for u in self.updates)}
                     bar.set_postfix(**shown, **{f"{unit[:3]}_s": f"{rate:,.0f}"}, lr=f"{lr:.1e}")
-                    if limit_s and rate > 0:  # the bar's total (and ETA): where the time limit will stop the run
-                        left_steps = (limit_s - elapsed) * rate / items_per_step
-                        bar.total = max(step, min(t.max_steps, int(step + left_steps)))
+                    bar.total = expected_last_step(step, t.max_steps, limit_s, elapsed, rate / items_per_step)
                 if step % t.eval_interval == 0:
                     self.evaluate(step)
                 if step % t.checkpoint_interval == 0:
