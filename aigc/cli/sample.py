@@ -18,6 +18,7 @@ from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, n
 from aigc.data.fim import fim_token_ids
 from aigc.errors import AigcError
 from aigc.generate.images import ImageModel, save_grid
+from aigc.generate.watermark import load_key
 
 SAMPLE = ("Generate text (tokens stream to the terminal as they are produced) or, with an image model, a PNG "
           "grid (--out). Unset sampling parameters come from the model's generation_config.json.")
@@ -40,6 +41,7 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json-schema", dest="json_schema", metavar="FILE", help="text: output JSON matching this JSON "
                    "schema (grammar-constrained decoding)")
     p.add_argument("--json", action="store_true", help="text: output a JSON object (grammar-constrained decoding)")
+    p.add_argument("--watermark", metavar="KEY", help="text: watermark the samples with this key file (aigc keygen)")
     g = p.add_argument_group("image models (dcgan, vae)")
     g.add_argument("--out", help="image models: the PNG to write (required); text models: also write the samples "
                    "to this .txt or .jsonl file")
@@ -83,6 +85,8 @@ def run_sample(args, overrides: list[str]) -> int:
     if args.out is not None:
         check_target(Path(args.out))
     check_seed(args.seed)
+    if args.watermark:
+        model.use_watermark(load_key(args.watermark))
     settings = model.settings(**sampling_overrides(args), **_output_overrides(args))
     with warnings.catch_warnings():  # a check only: a prompt cropped to the context is reported once, below
         warnings.simplefilter("ignore")
@@ -207,6 +211,8 @@ def run_complete(args, overrides: list[str]) -> int:
 
 def _sample_images(model: ImageModel, args) -> int:
     """`aigc sample` for image models: a grid, a reconstruction grid or an interpolation strip."""
+    if args.watermark:
+        raise AigcError("--watermark marks text; aigc has no image watermark yet (images carry their PNG provenance)")
     if not args.out:
         raise AigcError("--out FILE.png is required for image models (where to write the grid)")
     out = Path(args.out)

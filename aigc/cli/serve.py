@@ -15,6 +15,7 @@ import uvicorn
 from aigc.api import load
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, no_overrides, sampling_overrides, threads
 from aigc.errors import AigcError
+from aigc.generate.watermark import load_key
 from aigc.generate.text import TextModel
 from aigc.serve.app import ServeLimits, create_app
 
@@ -39,6 +40,9 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
                    "info and debug log every request")
     add_sampling_flags(p, prompt=False, title="sampling defaults of the text models (unset: each model's "
                                               "generation_config.json)")
+    p.add_argument("--watermark", action="append", default=[], metavar="[NAME=]KEY",
+                   help="watermark what model NAME generates with this key file (aigc keygen; repeatable; without "
+                   "NAME: every text model, whose tokenizers must all match the key); POST /v1/detect tests a text")
     g = p.add_argument_group("limits (a request beyond one gets a 4xx)")
     g.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024, help="new tokens per sample (default: %(default)s)")
     g.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=4096,
@@ -83,6 +87,27 @@ def _load_models(args) -> dict:
     return models
 
 
+def _watermarks(specs: list[str], models: dict) -> None:
+    """Give each ``[NAME=]KEY`` to its text model (all text models without NAME).
+
+    Raises:
+        AigcError: an unknown or image model, a bad key file, or a key made for another tokenizer.
+    """
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = None, spec
+        if name is not None and not isinstance(models.get(name), TextModel):
+            raise AigcError(f"--watermark {spec}: {name!r} is not a text model served here")
+        key = load_key(path)
+        for n, m in models.items():
+            if isinstance(m, TextModel) and name in (None, n):
+                try:
+                    m.use_watermark(key)
+                except AigcError as e:
+                    raise AigcError(f"--watermark {spec}: model {n!r}: {e}") from None
+
+
 def run_serve(args, overrides: list[str]) -> int:
     no_overrides("serve", overrides)
     if not 0 <= args.port <= 65535:
@@ -98,6 +123,7 @@ def run_serve(args, overrides: list[str]) -> int:
     limits.validate()
     threads(args.threads)
     models = _load_models(args)
+    _watermarks(args.watermark, models)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -24,6 +24,8 @@ per-row cache at its own position.
 
 **Hooks.** A request may pass a ``hook``, a plain object with:
 
+- ``bias(logits (n, V))`` -> float ``(n, V)`` or None: added to the logits before sampling (a
+  watermark's green tokens);
 - ``allowed()`` -> bool ``(n, V)`` or None: the tokens each sample may take next (a grammar),
   applied as -inf logits before sampling;
 - ``wants_scores`` (bool) and ``took(nxt (n,) int64, logprobs (n, V) float32 or None)``: called
@@ -49,8 +51,14 @@ def _counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def _constrain(logits: torch.Tensor, hook) -> torch.Tensor:
-    """``logits (n, V)`` with the tokens ``hook`` does not allow now set to -inf."""
-    allowed = hook.allowed() if hook is not None else None
+    """``logits (n, V)`` with ``hook``'s bias added (a watermark) and the tokens it does not allow
+    now set to -inf (a grammar)."""
+    if hook is None:
+        return logits
+    bias = hook.bias(logits)
+    if bias is not None:
+        logits = logits.float() + bias.to(logits.device)
+    allowed = hook.allowed()
     return logits if allowed is None else logits.masked_fill(~allowed.to(logits.device), float("-inf"))
 
 

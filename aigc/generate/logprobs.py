@@ -67,23 +67,27 @@ def score_prompt(model: torch.nn.Module, ids: list[int], k: int) -> list[TokenLo
 
 
 class RequestHook:
-    """The engine hook of one request of ``n`` samples (see :mod:`aigc.generate.engine`): a grammar's
-    masks, and the log-probabilities of each step's tokens.
+    """The engine hook of one request of ``n`` samples (see :mod:`aigc.generate.engine`): a watermark's
+    bias, a grammar's masks, and the log-probabilities of each step's tokens.
 
     Args:
         n: samples.
         top: alternatives per token when log-probabilities are wanted (0 to :data:`MAX_TOP`);
             None: not wanted.
         grammar: a :class:`~aigc.generate.grammar.GrammarState`, or None.
+        watermark: a :class:`~aigc.generate.watermark.WatermarkState`, or None.
 
     Attributes:
         last: after each draw, one :class:`TokenLogprob` per sample (None unless ``top`` is set).
     """
 
-    def __init__(self, n: int, top: int | None = None, grammar=None):
-        self.top, self.grammar = top, grammar
+    def __init__(self, n: int, top: int | None = None, grammar=None, watermark=None):
+        self.top, self.grammar, self.watermark = top, grammar, watermark
         self.wants_scores = top is not None
         self.last: list[TokenLogprob] | None = None
+
+    def bias(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return self.watermark.bias(logits) if self.watermark is not None else None
 
     def allowed(self) -> torch.Tensor | None:
         return self.grammar.allowed() if self.grammar is not None else None
@@ -91,5 +95,7 @@ class RequestHook:
     def took(self, nxt: torch.Tensor, scores: torch.Tensor | None) -> None:
         if self.grammar is not None:
             self.grammar.advance(nxt.tolist())
+        if self.watermark is not None:
+            self.watermark.advance(nxt.tolist())
         if scores is not None:
             self.last = pick(scores, nxt, self.top)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,10 @@ from aigc.data.tokenizer import Tokenizer
 from aigc.errors import AigcError
 from aigc.formats.model_folder import companion_folder, read_sample_defaults
 from aigc.generate.engine import BatchEngine, Engine
+from aigc.generate.tokens import _byte_level_table, code_end  # noqa: F401 - code_end is part of this module's API
 from aigc.generate.grammar import GrammarState, GrammarVocabulary, json_grammar
 from aigc.generate.logprobs import RequestHook, TokenLogprob, score_prompt
+from aigc.generate.watermark import WatermarkKey, WatermarkState
 
 
 @dataclass
@@ -119,6 +120,7 @@ class TextModel:
         self._heal_cache: dict[str, torch.Tensor] = {}
         self._grammars: dict = {}  # schema JSON -> a compiled matcher at the start of its grammar
         self._grammar_vocab: GrammarVocabulary | None = None
+        self.watermark: WatermarkKey | None = None  # set (use_watermark) to watermark everything generated
 
     @classmethod
     def from_folder(cls, model, folder: Path, compiled: bool = False) -> "TextModel":
@@ -332,7 +334,7 @@ class TextModel:
         if settings.code_stops:
             hold = max(hold, 1)  # a final newline may turn out to be a dedent
         allowed = self._tokens_starting_with(prompt.healed) if prompt.healed else None
-        hook = self._hook(settings, n, stop_ids)
+        hook = self._hook(settings, n, stop_ids, prompt.ids)
         if batch is not None:
             source = batch.add(prompt.ids, n, settings, seed, allowed, hook)
         else:
@@ -358,15 +360,27 @@ class TextModel:
         finally:
             source.close()
 
-    def _hook(self, settings: SampleConfig, n: int, stop_ids: set[int]) -> RequestHook | None:
-        """The engine hook of a request: log-probabilities and a grammar, when its settings ask."""
+    def _hook(self, settings: SampleConfig, n: int, stop_ids: set[int], prompt_ids: list[int]) -> RequestHook | None:
+        """The engine hook of a request: log-probabilities and a grammar when its settings ask, the
+        model's watermark when it has one."""
         grammar = None
         if settings.response_format != "text":
             start = self.grammar(settings)  # compiled when the settings were checked; cached
             grammar = GrammarState(self._grammar_vocab, start, n, stop_ids, self.token_texts.__getitem__)
-        if grammar is None and not settings.logprobs:
+        mark = WatermarkState(self.watermark, prompt_ids, n, self.model.config.vocab_size) if self.watermark else None
+        if grammar is None and mark is None and not settings.logprobs:
             return None
-        return RequestHook(n, settings.top_logprobs if settings.logprobs else None, grammar)
+        return RequestHook(n, settings.top_logprobs if settings.logprobs else None, grammar, mark)
+
+    def use_watermark(self, key: WatermarkKey | None) -> None:
+        """Watermark everything this model generates from now on with ``key`` (None: stop).
+
+        Raises:
+            AigcError: a key made for another tokenizer or vocabulary.
+        """
+        if key is not None:
+            key.check_tokenizer(self.tokenizer)
+        self.watermark = key
 
     def score(self, prompt: Prompt, top: int = 0) -> list[TokenLogprob]:
         """The log-probability of each token of ``prompt`` after the ones before it (the
@@ -470,33 +484,3 @@ class TextModel:
         for pieces in self.stream_batch(prompt, n, seed, **kwargs):
             texts = [t + p for t, p in zip(texts, pieces)]
         return [prompt + t if include_prompt else t for t in texts]
-
-
-def code_end(text: str, line_start: bool = False) -> int:
-    """Where a code completion ends: the first newline followed by a line that starts at column 0
-    (a new ``def``, ``class``, ``if __name__``, a comment, ...), or 0 when ``line_start`` (the
-    prompt ended a line) and the text itself starts at column 0. -1 when it has not ended.
-    """
-    if line_start and text and not text[0].isspace():
-        return 0
-    m = _DEDENT.search(text)
-    return m.start() if m else -1
-
-
-_DEDENT = re.compile(r"\n(?=\S)")
-
-
-@functools.lru_cache(maxsize=1)
-def _byte_level_table() -> dict[str, int]:
-    """Character -> byte of the byte-level BPE alphabet (Radford et al. 2019, GPT-2): the printable
-    Latin-1 bytes stand for themselves, the other 68 bytes for U+0100 onwards, in byte order."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("\u00a1"), ord("\u00ac") + 1)) | \
-        set(range(ord("\u00ae"), ord("\u00ff") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table

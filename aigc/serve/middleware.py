@@ -15,7 +15,7 @@ from aigc.serve.errors import APIError
 from aigc.serve.scheduler import Scheduler
 
 # the endpoint label of aigc_requests_total (anything else is "other"); /v1/models covers /v1/models/{id}
-ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/images/generations", "/v1/models",
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/images/generations", "/v1/models", "/v1/detect",
              "/tokenize", "/detokenize", "/health", "/metrics", "/")
 
 

@@ -97,6 +97,15 @@ class ImageRequest(Strict):
     user: str | None = None
 
 
+class DetectRequest(Strict):
+    """``POST /v1/detect``: test ``text`` for the watermark of model ``model``; ``prompt``: the text
+    it continues (context only, not scored)."""
+
+    model: str
+    text: str
+    prompt: str = ""
+
+
 class TokenizeRequest(Strict):
     """``POST /tokenize``: a prompt, or chat messages rendered with the model's template."""
 

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from aigc.config import SampleConfig
 from aigc.data.fim import fim_token_ids
 from aigc.generate.engine import BatchEngine
+from aigc.evaluate.watermark import detect
 from aigc.generate.logprobs import TokenLogprob
 from aigc.generate.text import GenerationStep, Prompt, TextModel
 from aigc.serve import protocol as P
@@ -267,6 +268,27 @@ async def chat_completions(req: P.ChatRequest, request: Request, served: Served 
 
     return await run_text(request, served, req.model, prompts, req.n, req.seed, settings, bool(req.stream),
                           make_chunk, make_response, include_usage(req))
+
+
+@router.post("/v1/detect")
+async def detect_watermark(req: P.DetectRequest, served: Served = Depends(get_served)):
+    """Test ``text`` (continuing ``prompt``, which is not scored) for the watermark this server puts
+    on model ``model``'s output: the z-score, p-value and verdict of :mod:`aigc.evaluate.watermark`."""
+    tm = served.model(req.model, TextModel, "/v1/detect")
+    if tm.watermark is None:
+        raise APIError(400, f"model {req.model!r} is served without a watermark (aigc serve --watermark KEY)",
+                       param="model")
+    if not req.text.strip():
+        raise APIError(400, "text: empty; nothing to test", param="text")
+    limit = served.limits.max_prompt_tokens
+    if len(req.prompt) + len(req.text) > limit * tm.longest_token:
+        raise APIError(400, f"text is too long (at most {limit} tokens)", param="text")
+    prompt_ids = await run_in_threadpool(tm.tokenizer.encode, req.prompt, "prompt") if req.prompt else []
+    ids = await run_in_threadpool(tm.tokenizer.encode, req.prompt + req.text, "text")
+    if len(ids) > limit:
+        raise APIError(400, f"text has {len(ids)} tokens: at most {limit}", param="text")
+    d = await run_in_threadpool(detect, tm.watermark, [tm.tokenizer.bos_id] + ids, 1 + len(prompt_ids))
+    return {"object": "watermark.detection", "model": req.model, **d.__dict__}
 
 
 @router.post("/tokenize")
