@@ -334,7 +334,7 @@ class TextModel:
         if settings.code_stops:
             hold = max(hold, 1)  # a final newline may turn out to be a dedent
         allowed = self._tokens_starting_with(prompt.healed) if prompt.healed else None
-        hook = self._hook(settings, n, stop_ids, prompt.ids)
+        hook = self.request_hook(settings, n, stop_ids, prompt.ids)
         if batch is not None:
             source = batch.add(prompt.ids, n, settings, seed, allowed, hook)
         else:
@@ -360,7 +360,7 @@ class TextModel:
         finally:
             source.close()
 
-    def _hook(self, settings: SampleConfig, n: int, stop_ids: set[int], prompt_ids: list[int]) -> RequestHook | None:
+    def request_hook(self, settings: SampleConfig, n: int, stop_ids: set[int], prompt_ids: list[int]) -> RequestHook | None:
         """The engine hook of a request: log-probabilities and a grammar when its settings ask, the
         model's watermark when it has one."""
         grammar = None
