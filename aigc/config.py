@@ -290,6 +290,9 @@ class SampleConfig:
             raise AigcError(f"top_logprobs = {self.top_logprobs}: expected 0 to 20")
         if self.response_format not in ("text", "json_object", "json_schema"):
             raise AigcError(f"response_format = {self.response_format!r}: expected text, json_object or json_schema")
+        if self.response_format != "text" and not self.stop_at_document_end:
+            raise AigcError("response_format: JSON output ends where its document ends; it cannot be combined with "
+                            "ignore_eos / stop_at_document_end = false")
         if self.response_format == "json_schema" and not self.json_schema:
             raise AigcError("json_schema: response_format json_schema needs a schema (a JSON object)")
 

@@ -119,6 +119,15 @@ def test_structured_output_and_logprobs_bad_input_get_400s(client):
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}], response_format={
             "type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}})
     assert e.value.body["param"] == "response_format"
+    for schema in ({"$ref": "#"}, {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}):
+        with pytest.raises(openai.BadRequestError) as e:  # compiles, but no document can start: refused up front
+            client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}], response_format={
+                "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        assert e.value.body["param"] == "response_format" and "\n" not in e.value.body["message"]
+        assert client.completions.create(model="text", prompt="a", max_tokens=2).choices  # the server goes on
+    with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}],
+                                       response_format={"type": "json_object"}, extra_body={"ignore_eos": True})
     with pytest.raises(openai.BadRequestError, match="response_format.type = 'yaml'"):
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}],
                                        response_format={"type": "yaml"})

@@ -161,6 +161,46 @@ def test_batch_engine_refuses_rows_it_does_not_have():
     assert engine.add([1], 2).n == 2
 
 
+def test_a_failing_hook_fails_its_own_sequence_and_the_batch_goes_on():
+    """A grammar that reaches a dead end fails its request alone; a hook failing at the first token
+    leaves no rows behind."""
+    from aigc.generate.engine import BatchEngine
+
+    class DeadEnd:
+        wants_scores = False
+
+        def __init__(self, after):
+            self.after = after
+
+        def bias(self, logits):
+            return None
+
+        def allowed(self):
+            if self.after == 0:
+                raise ValueError("no token can continue")
+            self.after -= 1
+            return None
+
+        def took(self, nxt, scores):
+            pass
+
+    engine = BatchEngine(tiny_gpt(), max_rows=8)
+    with pytest.raises(ValueError, match="no token can continue"):
+        engine.add([1, 2], 2, hook=DeadEnd(0))
+    assert engine.rows == 0 and not engine.seqs
+    plain, doomed = engine.add([1, 2], 2, seed=0), engine.add([3], 1, hook=DeadEnd(1))
+    next(plain), next(doomed)
+    engine.step()  # doomed's hook fails here: only doomed learns of it
+    with pytest.raises(ValueError, match="no token can continue"):
+        next(doomed)
+    doomed.close()
+    got = [next(plain)]
+    for _ in range(3):
+        engine.step()
+        got.append(next(plain))
+    assert all(t.shape == (2,) for t in got) and engine.rows == 2
+
+
 def test_first_token_constraint_of_token_healing_holds_alone_and_batched():
     """Token healing: only the allowed tokens may come first, in Engine and in BatchEngine alike."""
     from aigc.generate.engine import BatchEngine

@@ -192,6 +192,7 @@ class Sequence:
         self.row = 0  # first of its n rows in the engine's cache
         self.pending: torch.Tensor | None = None  # sampled, not yet taken by the caller
         self.last: torch.Tensor | None = None  # (n,) the token to feed at the next step
+        self.error: Exception | None = None  # raised by its hook during a shared step, for its caller
         self.closed = False
 
     def _got(self, nxt: torch.Tensor) -> None:
@@ -207,6 +208,9 @@ class Sequence:
     def __next__(self) -> torch.Tensor:
         if self.closed:
             raise StopIteration
+        if self.error is not None:  # its hook failed in a shared step: this sequence fails, alone
+            error, self.error = self.error, None
+            raise error
         if self.pending is None:
             raise RuntimeError("BatchEngine.step() has not produced this sequence's next token yet")
         out, self.pending = self.pending, None
@@ -281,11 +285,15 @@ class BatchEngine:
         self.counts[rows] = _counts(ids, self.counts.size(1))
         seq.row, self.rows = self.rows, self.rows + n
         self.seqs.append(seq)
-        if first_allowed is not None:
-            logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
-        logits = _constrain(logits, hook)
-        nxt = sample_next(logits, self.counts[rows], params, seq.generators)
-        _tell(hook, nxt, logits, self.counts[rows], params)
+        try:
+            if first_allowed is not None:
+                logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
+            logits = _constrain(logits, hook)
+            nxt = sample_next(logits, self.counts[rows], params, seq.generators)
+            _tell(hook, nxt, logits, self.counts[rows], params)
+        except BaseException:  # its hook refused (a grammar dead end): free its rows, the others go on
+            seq.close()
+            raise
         self._count(rows, nxt)
         seq._got(nxt)
         return seq
@@ -314,14 +322,20 @@ class BatchEngine:
         idx = torch.cat([s.last for s in self.seqs])[:, None]  # (B, 1)
         logits = self.model(idx, cache=self.cache)[:, -1, :]  # (B, V)
         B = self.rows
-        for s in self.seqs:
-            if s.hook is not None:
-                logits[s.row:s.row + s.n] = _constrain(logits[s.row:s.row + s.n], s.hook)
+        for s in self.seqs:  # a hook that fails fails its own sequence (at its next take), not the batch
+            if s.hook is not None and s.error is None:
+                try:
+                    logits[s.row:s.row + s.n] = _constrain(logits[s.row:s.row + s.n], s.hook)
+                except Exception as e:  # noqa: BLE001 - handed to the sequence's caller
+                    s.error = e
         nxt = sample_groups(logits, self.counts[:B], [(s.params, s.n, s.generators) for s in self.seqs])  # (B,)
         for s in self.seqs:
-            if s.hook is not None:
+            if s.hook is not None and s.error is None:
                 rows = slice(s.row, s.row + s.n)
-                _tell(s.hook, nxt[rows], logits[rows], self.counts[rows], s.params)
+                try:
+                    _tell(s.hook, nxt[rows], logits[rows], self.counts[rows], s.params)
+                except Exception as e:  # noqa: BLE001 - handed to the sequence's caller
+                    s.error = e
         self._count(slice(0, B), nxt)
         for s in self.seqs:
             s._got(nxt[s.row:s.row + s.n])

@@ -27,6 +27,10 @@ from aigc.errors import AigcError
 _OPTIONS = {"whitespace_flexible": False}
 
 
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else "unknown reason"
+
+
 class GrammarError(AigcError):
     """A schema the grammar compiler refuses (the message says why) or a model it cannot serve."""
 
@@ -53,10 +57,10 @@ def json_grammar(schema: dict | None) -> str:
     try:
         grammar = lib.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=_OPTIONS)
     except (ValueError, TypeError) as e:
-        raise GrammarError(f"json_schema: cannot compile: {e}") from None
+        raise GrammarError(f"json_schema: cannot compile: {_first_line(str(e))}") from None
     problem = lib.LLMatcher.validate_grammar(grammar)
     if problem and not problem.startswith("WARNING"):
-        raise GrammarError(f"json_schema: cannot compile: {problem.splitlines()[0]}")
+        raise GrammarError(f"json_schema: cannot compile: {_first_line(problem)}")
     return grammar
 
 
@@ -96,7 +100,8 @@ class GrammarVocabulary:
         """
         m = _lib().LLMatcher(self.tokenizer, grammar, log_level=0)
         if m.is_error():
-            raise GrammarError(f"json_schema: cannot compile: {m.get_error().splitlines()[0]}")
+            raise GrammarError(f"json_schema: cannot compile: {_first_line(m.get_error())}")
+        GrammarState(self, m, 1, ()).allowed()  # the first mask: a schema that cannot start here fails now, not mid-batch
         return m
 
 
@@ -130,6 +135,8 @@ class GrammarState:
             if self.done[i]:
                 rows.append(np.ones(self.vocab.size, dtype=bool))
                 continue
+            if m.is_error():  # a limit of the grammar engine, or a token it refused
+                raise GrammarError(f"the JSON grammar failed: {_first_line(m.get_error())}")
             if m.is_stopped():  # the document is complete: only an end token may follow
                 rows.append(self.end.copy())
                 continue
@@ -140,7 +147,7 @@ class GrammarState:
             if not row.any() and not accepting:  # nothing can go on (llguidance would offer the end)
                 so_far = "".join(self.token_text(t) for t in self.text[i]) if self.token_text else ""
                 raise GrammarError(f"no token of this model's vocabulary can continue the JSON after "
-                                   f"{so_far[-40:]!r} ({m.get_error() or 'the characters it needs are missing'})")
+                                   f"{so_far[-40:]!r} (the characters it needs are missing)")
             rows.append(row | self.end if accepting else row)
         return torch.from_numpy(np.stack(rows))
 

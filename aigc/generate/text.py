@@ -382,10 +382,16 @@ class TextModel:
             key.check_tokenizer(self.tokenizer)
         self.watermark = key
 
-    def score(self, prompt: Prompt, top: int = 0) -> list[TokenLogprob]:
-        """The log-probability of each token of ``prompt`` after the ones before it (the
-        document-start token is context, not scored), with ``top`` alternatives each: the
-        per-token loss ``aigc eval`` averages, negated."""
+    def score(self, prompt: Prompt | str, top: int = 0) -> list[TokenLogprob]:
+        """The log-probability of each token of ``prompt`` (a text, or a :class:`Prompt`) after the
+        ones before it (the document-start token is context, not scored), with ``top`` alternatives
+        each: the per-token loss ``aigc eval`` averages, negated.
+
+        Raises:
+            AigcError: a text the tokenizer cannot encode, or longer than the model's context.
+        """
+        if isinstance(prompt, str):
+            prompt = self.encode(prompt, heal=False, limit=self.model.context_length)
         return score_prompt(self.model, prompt.ids, top)
 
     def _advance(self, tokens: list[int], raw: bytearray | None, tok: int, stop_ids: set[int],

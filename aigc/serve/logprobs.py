@@ -35,12 +35,15 @@ def _text(tm: TextModel, token: int) -> str:
 
 
 def completion_logprobs(tm: TextModel, entries: list[TokenLogprob], offset: int = 0) -> dict:
-    """The legacy shape of ``entries``; ``offset``: the characters before the first token."""
-    tokens, offsets = [], []
-    for e in entries:
-        offsets.append(offset)
+    """The legacy shape of ``entries``; ``offset``: the characters before the first token.
+    ``text_offset`` counts characters of the decoded text (special tokens and a character's later
+    bytes add none)."""
+    tokens, offsets, raw = [], [], bytearray()
+    for e in entries:  # a token's offset: the characters its earlier tokens' bytes decode to
+        offsets.append(offset + len(raw.decode("utf-8", errors="ignore")))
         tokens.append(_text(tm, e.token))
-        offset += len(tokens[-1])
+        raw += tm.token_bytes[e.token] if tm.token_bytes is not None and e.token < len(tm.token_bytes) \
+            else tokens[-1].encode()
     return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{_text(tm, t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
 

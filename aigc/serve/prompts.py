@@ -128,8 +128,8 @@ async def encode_infill(tm: TextModel, prefix: str, suffix: str, limits: ServeLi
 
 
 def token_prompt(tm: TextModel, ids: list[int], limits: ServeLimits) -> Prompt:
-    """A prompt given as token ids: the document-start token in front, as for a text prompt, so ids
-    and their text get the same answer.
+    """A prompt given as token ids: the document-start token in front (unless the ids start with it,
+    as ``/tokenize`` gives them), as for a text prompt, so ids and their text get the same answer.
 
     Raises:
         APIError: 400 for no ids, an id outside the vocabulary, or too many ids.
@@ -145,4 +145,5 @@ def token_prompt(tm: TextModel, ids: list[int], limits: ServeLimits) -> Prompt:
         limit = min(limit, tm.model.context_length - 1)
     if len(ids) + 1 > limit:
         raise too_long(PromptTooLong("prompt", len(ids) + 1, limit), "prompt")
-    return Prompt([tm.tokenizer.bos_id, *ids], "", False)
+    start = [] if ids[0] == tm.tokenizer.bos_id else [tm.tokenizer.bos_id]  # /tokenize's ids hold it already
+    return Prompt([*start, *ids], "", False)

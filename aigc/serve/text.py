@@ -166,8 +166,9 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
         raise APIError(400, "best_of is not supported (only best_of = n)", param="best_of")
     check_top(req.logprobs, "logprobs")
     generate = req.max_tokens != 0
-    if not generate and not (req.echo and req.logprobs is not None):
-        raise APIError(400, "max_tokens = 0: only with echo and logprobs (to score the prompt)", param="max_tokens")
+    if not generate and not (req.echo and req.logprobs is not None and req.suffix is None):
+        raise APIError(400, "max_tokens = 0: only with echo and logprobs, without suffix (to score the prompt)",
+                       param="max_tokens")
     max_tokens = (req.max_tokens if req.max_tokens is not None else 16) if generate else 1
     settings = await run_in_threadpool(settings_of, req, tm, max_tokens, limits, req.logprobs is not None,
                                        req.logprobs)  # off the event loop: a schema's grammar compiles here
@@ -217,7 +218,7 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
         logprobs = None
         if req.logprobs is not None:
             logprobs = completion_logprobs(tm, scored, offsets.get(c, 0))
-            offsets[c] = offsets.get(c, 0) + sum(len(t) for t in logprobs["tokens"])
+            offsets[c] = offsets.get(c, 0) + len(piece)  # the characters this chunk added
         return {**base, "choices": [{"index": c, "text": piece, "logprobs": logprobs, "finish_reason": fin}]}
 
     return await run_text(request, served, req.model, prompts, n, req.seed, settings, bool(req.stream),
