@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from typing import Callable, Iterator
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from aigc.config import SampleConfig
@@ -125,7 +126,10 @@ async def run_text(request: Request, served: Served, name: str, prompts: list[Pr
                 choices.absorb(k, step)
         finally:
             watcher.cancel()
-        return make_response(choices, P.usage(prompt_tokens, sum(choices.tokens)))
+        body = await run_in_threadpool(lambda: json.dumps(make_response(choices, P.usage(prompt_tokens,
+                                                                                       sum(choices.tokens))),
+                                                          ensure_ascii=False))  # a large body off the event loop
+        return Response(body, media_type="application/json")
 
     async def events():
         watcher = asyncio.create_task(watch_disconnect(request, job))
