@@ -84,6 +84,8 @@ def run_sample(args, overrides: list[str]) -> int:
                         "per sample: prompt, text, seed)")
     if args.out is not None:
         check_target(Path(args.out))
+        if not Path(args.out).parent.is_dir():
+            raise AigcError(f"--out {args.out}: the folder {Path(args.out).parent} does not exist")
     check_seed(args.seed)
     if args.watermark:
         model.use_watermark(load_key(args.watermark))
@@ -134,6 +136,8 @@ def _output_overrides(args) -> dict:
     out = {}
     if args.logprobs is not None:
         out.update(logprobs=True, top_logprobs=args.logprobs)
+    if args.json_schema and args.json:
+        raise AigcError("--json and --json-schema: give one (--json is any JSON object, --json-schema FILE one schema)")
     if args.json_schema:
         out.update(response_format="json_schema", json_schema=read_json(args.json_schema, dict))
     elif args.json:
