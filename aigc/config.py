@@ -293,8 +293,8 @@ class SampleConfig:
         if self.response_format != "text" and not self.stop_at_document_end:
             raise AigcError("response_format: JSON output ends where its document ends; it cannot be combined with "
                             "ignore_eos / stop_at_document_end = false")
-        if self.response_format == "json_schema" and not self.json_schema:
-            raise AigcError("json_schema: response_format json_schema needs a schema (a JSON object)")
+        if not isinstance(self.json_schema, dict):
+            raise AigcError("json_schema: expected a JSON schema (an object; {} allows any JSON value)")
 
 
 @dataclass
