@@ -237,6 +237,11 @@ def test_adapter_for_another_base(tmp_path):
     adapter_cfg["base_model_name_or_path"] = str(tmp_path / "b")
     (latest / "adapter_config.json").write_text(json.dumps(adapter_cfg))
     r = run_cli("sample", str(tmp_path / "lora"), "--max-new-tokens", "2")
+    assert r.returncode == 2  # the recorded fingerprint of the base's weights catches it first
+    assert "has changed since the adapter was made" in r.stderr and "Traceback" not in r.stderr
+    del adapter_cfg["aigc_base_sha256"]  # an adapter without one (peft's): the shapes catch it
+    (latest / "adapter_config.json").write_text(json.dumps(adapter_cfg))
+    r = run_cli("sample", str(tmp_path / "lora"), "--max-new-tokens", "2")
     assert r.returncode == 2
     assert "made for another base model" in r.stderr and "Traceback" not in r.stderr
 

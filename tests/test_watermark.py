@@ -83,40 +83,44 @@ def test_only_the_text_after_the_prompt_is_scored(text_model, tmp_path):
     assert detect(key, ids_of(text_model, prompt + continuation), skip).verdict != "watermarked"
 
 
-def test_cli_keygen_sample_detect_and_bad_input(served_model_folders, tmp_path):
+def test_cli_keygen_sample_detect_and_bad_input(served_model_folders, tmp_path, capsys):
+    from aigc.cli import main
+
+    def cli(*args):  # in-process, as `aigc ARGS` (exit status, stdout, stderr)
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     folder = "tang-base"
     key = tmp_path / "key.json"
-    assert run_cli("keygen", folder, "--out", str(key), "--delta", "4", "--scheme", "selfhash").returncode == 0
-    again = run_cli("keygen", folder, "--out", str(key))
-    assert again.returncode == 2 and "never overwritten" in again.stderr
+    assert cli("keygen", folder, "--out", str(key), "--delta", "4", "--scheme", "selfhash")[0] == 0
+    code, _, err = cli("keygen", folder, "--out", str(key))
+    assert code == 2 and "never overwritten" in err
     out = tmp_path / "marked.txt"
     r = run_cli("sample", folder, "--prompt", "春", "--watermark", str(key), "--seed", "3", "--max-new-tokens", "60",
-                "--out", str(out))
+                "--out", str(out))  # the user's command, in its own process
     assert r.returncode == 0, r.stderr
-    found = run_cli("detect", folder, str(out), "--key", str(key), "--prompt", "春", "--json")
-    assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)["verdict"] == "watermarked"
+    code, printed, err = cli("detect", folder, str(out), "--key", str(key), "--prompt", "春", "--json")
+    assert code == 0 and json.loads(printed)["verdict"] == "watermarked", err
 
     other = tmp_path / "tiny.json"
     save_key(new_key(aigc.load(served_model_folders["text"]).tokenizer), other)
-    wrong = run_cli("detect", folder, str(out), "--key", str(other))
-    assert wrong.returncode == 2 and "made for another tokenizer" in wrong.stderr
+    code, _, err = cli("detect", folder, str(out), "--key", str(other))
+    assert code == 2 and "made for another tokenizer" in err
     bad = json.loads(key.read_text())
     bad["gamma"] = 1.5
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    r = run_cli("detect", folder, str(out), "--key", str(tmp_path / "bad.json"))
-    assert r.returncode == 2 and "bad.json: gamma = 1.5" in r.stderr
+    code, _, err = cli("detect", folder, str(out), "--key", str(tmp_path / "bad.json"))
+    assert code == 2 and "bad.json: gamma = 1.5" in err
     (tmp_path / "empty.txt").write_text("  \n")
-    r = run_cli("detect", folder, str(tmp_path / "empty.txt"), "--key", str(key))
-    assert r.returncode == 2 and "empty text" in r.stderr
+    code, _, err = cli("detect", folder, str(tmp_path / "empty.txt"), "--key", str(key))
+    assert code == 2 and "empty text" in err
     (tmp_path / "blob.bin").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
-    r = run_cli("detect", folder, str(tmp_path / "blob.bin"), "--key", str(key))
-    assert r.returncode == 2 and "binary file" in r.stderr
-    short = run_cli("detect", folder, "-", "--key", str(key))
-    assert short.returncode == 2  # stdin empty here: nothing to test
+    code, _, err = cli("detect", folder, str(tmp_path / "blob.bin"), "--key", str(key))
+    assert code == 2 and "binary file" in err
+    del bad["delta"]
+    (tmp_path / "missing.json").write_text(json.dumps(bad))
     with pytest.raises(AigcError, match="missing field 'delta'"):
-        del bad["delta"]
-        (tmp_path / "missing.json").write_text(json.dumps(bad))
         load_key(tmp_path / "missing.json")
 
 
