@@ -7,6 +7,7 @@ import lzma
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 
 from aigc.data.sources import DATASETS
 
+# C2PA development certificates (made on first use) go to a throwaway folder, not the user's home
+os.environ.setdefault("AIGC_C2PA_DIR", tempfile.mkdtemp(prefix="aigc-c2pa-"))
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 torch.set_num_threads(CORES)
 

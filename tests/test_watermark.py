@@ -96,6 +96,8 @@ def test_cli_keygen_sample_detect_and_bad_input(served_model_folders, tmp_path, 
     assert cli("keygen", folder, "--out", str(key), "--delta", "4", "--scheme", "selfhash")[0] == 0
     code, _, err = cli("keygen", folder, "--out", str(key))
     assert code == 2 and "never overwritten" in err
+    fixed = {**json.loads(key.read_text()), "key": "3c" * 32}  # a fixed secret: the same sample every run (a random
+    key.write_text(json.dumps(fixed))  # one can end the poem in under 16 scored tokens: "too short to decide")
     out = tmp_path / "marked.txt"
     r = run_cli("sample", folder, "--prompt", "春", "--watermark", str(key), "--seed", "3", "--max-new-tokens", "60",
                 "--out", str(out))  # the user's command, in its own process

@@ -31,8 +31,8 @@ COMMANDS = {
     "chat": ("talk with a chat model in the terminal", "chat"),
     "eval": ("text: perplexity, bits/char, diversity; images: FD, KID, precision/recall; code: pass@k", "evaluate"),
     "serve": ("an OpenAI-compatible HTTP server and a web page for the given models", "serve"),
-    "keygen": ("make a secret text-watermark key for a model", "watermark"),
-    "detect": ("test a text for the watermark of a key (z-score, p-value)", "watermark"),
+    "keygen": ("make a secret watermark key for a text, code or diffusion model", "watermark"),
+    "detect": ("test a text or image for a watermark; read an image's C2PA content credentials", "watermark"),
     "data": ("list the named datasets", "data"),
 }
 

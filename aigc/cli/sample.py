@@ -41,7 +41,8 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json-schema", dest="json_schema", metavar="FILE", help="text: output JSON matching this JSON "
                    "schema (grammar-constrained decoding)")
     p.add_argument("--json", action="store_true", help="text: output a JSON object (grammar-constrained decoding)")
-    p.add_argument("--watermark", metavar="KEY", help="text: watermark the samples with this key file (aigc keygen)")
+    p.add_argument("--watermark", metavar="KEY", help="watermark the samples with this key file (aigc keygen): text and code models (green "
+                   "lists), diffusion models (Tree-Ring in the starting noise)")
     g = p.add_argument_group("image models (dcgan, vae)")
     g.add_argument("--out", help="image models: the PNG to write (required); text models: also write the samples "
                    "to this .txt or .jsonl file")
@@ -216,7 +217,7 @@ def run_complete(args, overrides: list[str]) -> int:
 def _sample_images(model: ImageModel, args) -> int:
     """`aigc sample` for image models: a grid, a reconstruction grid or an interpolation strip."""
     if args.watermark:
-        raise AigcError("--watermark marks text; aigc has no image watermark yet (images carry their PNG provenance)")
+        model.use_watermark(load_key(args.watermark))  # Tree-Ring, diffusion models only
     if not args.out:
         raise AigcError("--out FILE.png is required for image models (where to write the grid)")
     out = Path(args.out)

@@ -17,6 +17,7 @@ from aigc.cli.common import add_runtime_flags, add_sampling_flags, no_overrides,
 from aigc.errors import AigcError
 from aigc.generate.watermark import load_key
 from aigc.generate.text import TextModel
+from aigc.generate.images import ImageModel
 from aigc.serve.app import ServeLimits, create_app
 
 SERVE = ("Serve text, chat and image models over HTTP: /v1/completions, /v1/chat/completions, "
@@ -42,7 +43,8 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
                                               "generation_config.json)")
     p.add_argument("--watermark", action="append", default=[], metavar="[NAME=]KEY",
                    help="watermark what model NAME generates with this key file (aigc keygen; repeatable; without "
-                   "NAME: every text model, whose tokenizers must all match the key); POST /v1/detect tests a text")
+                   "NAME: every model of the key's kind: text models for a text key, diffusion models for a Tree-Ring "
+                   "key); POST /v1/detect tests a text")
     g = p.add_argument_group("limits (a request beyond one gets a 4xx)")
     g.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024, help="new tokens per sample (default: %(default)s)")
     g.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=4096,
@@ -88,24 +90,26 @@ def _load_models(args) -> dict:
 
 
 def _watermarks(specs: list[str], models: dict) -> None:
-    """Give each ``[NAME=]KEY`` to its text model (all text models without NAME).
+    """Give each ``[NAME=]KEY`` to its model; without NAME, to every model of the key's kind (a text key:
+    the text models; a Tree-Ring key: the diffusion models).
 
     Raises:
-        AigcError: an unknown or image model, a bad key file, or a key made for another tokenizer.
+        AigcError: an unknown model, a bad key file, or a key made for another tokenizer or image shape.
     """
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = None, spec
-        if name is not None and not isinstance(models.get(name), TextModel):
-            raise AigcError(f"--watermark {spec}: {name!r} is not a text model served here")
+        if name is not None and name not in models:
+            raise AigcError(f"--watermark {spec}: {name!r} is not a model served here")
         key = load_key(path)
-        for n, m in models.items():
-            if isinstance(m, TextModel) and name in (None, n):
-                try:
-                    m.use_watermark(key)
-                except AigcError as e:
-                    raise AigcError(f"--watermark {spec}: model {n!r}: {e}") from None
+        kind = ImageModel if key.scheme == "treering" else TextModel
+        targets = [n for n, m in models.items() if name in (None, n) and (name is not None or isinstance(m, kind))]
+        for n in targets:
+            try:
+                models[n].use_watermark(key)
+            except AigcError as e:
+                raise AigcError(f"--watermark {spec}: model {n!r}: {e}") from None
 
 
 def run_serve(args, overrides: list[str]) -> int:

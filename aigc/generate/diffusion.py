@@ -91,7 +91,7 @@ def check_guidance(scale: float) -> None:
 
 def denoise(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condition, guidance: float = 1.0,
             known: torch.Tensor | None = None, mask: torch.Tensor | None = None, strength: float = 1.0,
-            progress: bool = False) -> torch.Tensor:
+            progress: bool = False, imprint=None) -> torch.Tensor:
     """Images ``(len(seeds), C, S, S)`` float32 in [-1, 1] from the model's EMA weights.
 
     Args:
@@ -103,12 +103,15 @@ def denoise(model, sampler: Sampler, steps: int, seeds: list[int], cond: Conditi
         mask: ``(B, 1, S, S)`` or ``(B, C, S, S)`` float, 1 where pixels are regenerated, 0 where kept exactly.
         strength: restoration: the noise level to start from, as a share of T (0 < strength <= 1).
         progress: a progress bar on stderr.
+        imprint: a function of the starting noise ``(B, C, S, S)`` returning noise of the same shape (a
+            watermark: :meth:`aigc.generate.treering.TreeRingKey.imprint`); only when drawing from pure noise.
     Raises:
         AigcError: bad steps, guidance or strength; a sample that is not finite.
     """
     bar = None
     try:
-        for done, total, images in denoising(model, sampler, steps, seeds, cond, guidance, known, mask, strength):
+        for done, total, images in denoising(model, sampler, steps, seeds, cond, guidance, known, mask, strength,
+                                                 imprint):
             if progress and bar is None:
                 bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
             if bar is not None and images is None:
@@ -139,7 +142,7 @@ def check_denoising(steps: int, guidance: float, known: torch.Tensor | None, str
 
 def denoising(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condition, guidance: float = 1.0,
               known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-              strength: float = 1.0) -> Iterator[tuple[int, int, torch.Tensor | None]]:
+              strength: float = 1.0, imprint=None) -> Iterator[tuple[int, int, torch.Tensor | None]]:
     """:func:`denoise` one step at a time: yields ``(steps done, steps in all, None)`` after each sampler
     step, then ``(total, total, images)``. The server advances it one step per scheduling round."""
     check_denoising(steps, guidance, known, strength)
@@ -151,6 +154,8 @@ def denoising(model, sampler: Sampler, steps: int, seeds: list[int], cond: Condi
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     x = draw(gens, shape, device)
+    if imprint is not None and known is None:
+        x = imprint(x)
     schedule = sampler.schedule
     if known is not None:
         known = known.to(device).float()

@@ -379,6 +379,9 @@ class TextModel:
             AigcError: a key made for another tokenizer or vocabulary.
         """
         if key is not None:
+            if getattr(key, "scheme", "") == "treering":
+                raise AigcError("a Tree-Ring key marks a diffusion model's images; a text model needs a text key "
+                                "(aigc keygen TEXT_MODEL)")
             key.check_tokenizer(self.tokenizer)
         self.watermark = key
 

@@ -29,6 +29,7 @@ import torch
 
 from aigc.atomic import read_json, write_text
 from aigc.errors import AigcError
+from aigc.generate.treering import TreeRingKey
 
 SCHEMES = ("lefthash", "selfhash")
 SELFHASH_TOP = 40
@@ -91,26 +92,29 @@ def new_key(tokenizer, scheme: str = "lefthash", gamma: float = 0.25, delta: flo
     return k
 
 
-def save_key(key: WatermarkKey, path: str | Path) -> None:
+def save_key(key: "WatermarkKey | TreeRingKey", path: str | Path) -> None:
     """Write the key file (JSON) atomically."""
     write_text(path, json.dumps(asdict(key), indent=2) + "\n")
 
 
-def load_key(path: str | Path) -> WatermarkKey:
-    """Read and check a key file.
+def load_key(path: str | Path):
+    """Read and check a key file: a :class:`WatermarkKey` (text) or, with ``scheme = "treering"``, a
+    :class:`aigc.generate.treering.TreeRingKey` (diffusion images).
 
     Raises:
         AigcError: not JSON, an unknown or missing field, or a bad value (named with the file).
     """
     raw = read_json(path, dict)
-    fields = set(WatermarkKey.__dataclass_fields__)
+    kind = TreeRingKey if raw.get("scheme") == "treering" else WatermarkKey
+    fields = set(kind.__dataclass_fields__)
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise AigcError(f"{path}: unknown field {unknown[0]!r} (a watermark key has {', '.join(sorted(fields))})")
+        raise AigcError(f"{path}: unknown field {unknown[0]!r} (a {'Tree-Ring' if kind is TreeRingKey else 'text'} "
+                        f"watermark key has {', '.join(sorted(fields))})")
     missing = sorted(fields - set(raw))
     if missing:
         raise AigcError(f"{path}: missing field {missing[0]!r}")
-    key = WatermarkKey(**raw)
+    key = kind(**raw)
     key.validate(str(path))
     return key
 
