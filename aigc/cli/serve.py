@@ -19,6 +19,7 @@ from aigc.generate.watermark import load_key
 from aigc.generate.text import TextModel
 from aigc.generate.images import ImageModel
 from aigc.serve.app import ServeLimits, create_app
+from aigc.serve.policy import load_policy
 
 SERVE = ("Serve text, chat and image models over HTTP: /v1/completions, /v1/chat/completions, "
          "/v1/images/generations, /v1/models, /tokenize, /detokenize, /metrics, /health, and a web page at /. Name a "
@@ -45,6 +46,9 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="watermark what model NAME generates with this key file (aigc keygen; repeatable; without "
                    "NAME: every model of the key's kind: text models for a text key, diffusion models for a Tree-Ring "
                    "key); POST /v1/detect tests a text")
+    p.add_argument("--policy", metavar="POLICY.toml", help="a content policy: prompts refused (400, code "
+                   "content_policy_violation) and outputs cut (finish_reason content_filter) by patterns and "
+                   "classifier hooks; see aigc.serve.policy for the file")
     g = p.add_argument_group("limits (a request beyond one gets a 4xx)")
     g.add_argument("--max-tokens", dest="max_tokens", type=int, default=1024, help="new tokens per sample (default: %(default)s)")
     g.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=4096,
@@ -125,6 +129,7 @@ def run_serve(args, overrides: list[str]) -> int:
                          max_images=args.max_images, max_body_bytes=args.max_body_bytes,
                          max_active=args.max_active, max_queued=args.max_queued, max_batch=args.max_batch)
     limits.validate()
+    policy = load_policy(args.policy) if args.policy else None  # a bad policy file fails before the models load
     threads(args.threads)
     models = _load_models(args)
     _watermarks(args.watermark, models)
@@ -135,7 +140,7 @@ def run_serve(args, overrides: list[str]) -> int:
     if not loopback and api_key is None:
         warnings.warn(f"serving on {args.host} without --api-key: anyone who can reach this port can use it")
     hosts = ["127.0.0.1", "localhost", "::1", "[::1]", args.host] if loopback else None  # no DNS rebinding
-    app = create_app(models, api_key, limits, args.cors_origins, hosts)
+    app = create_app(models, api_key, limits, args.cors_origins, hosts, policy)
     print(f"aigc serving {', '.join(models)} at http://{args.host}:{args.port}/ "
           f"(API under /v1{', key required' if api_key else ''}; Ctrl-C stops)", file=sys.stderr)
     try:

@@ -47,6 +47,7 @@ from aigc.serve import images, text
 from aigc.serve.errors import APIError, install_error_handlers
 from aigc.serve.images import MAX_SCALE, class_of_prompt, sizes
 from aigc.serve.middleware import Guard, Metrics, require_key
+from aigc.serve.policy import Policy
 from aigc.serve.scheduler import Scheduler
 from aigc.serve.state import Served, ServeLimits, get_served
 
@@ -60,7 +61,7 @@ model_routes = APIRouter()  # /v1/models (the key when set)
 
 def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = None,
                limits: ServeLimits | None = None, cors_origins: list[str] = (),
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, policy: Policy | None = None) -> FastAPI:
     """The FastAPI app serving ``models`` (name -> loaded model).
 
     ``cors_origins``: web origins (``https://app.example``, or ``*``) whose pages may call the API
@@ -74,6 +75,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     Args:
         api_key: when set, ``/v1/*``, ``/tokenize`` and ``/detokenize`` need ``Authorization: Bearer KEY``.
         limits: request limits (defaults: :class:`ServeLimits`).
+        policy: a content policy (:mod:`aigc.serve.policy`) for prompts and outputs; None: none.
 
     Raises:
         AigcError: no models, or limits out of range.
@@ -89,10 +91,10 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
             m.longest_token  # decode the vocabulary now rather than at the first request
     scheduler = Scheduler(limits.max_active, limits.max_queued, after_round=[e.step for e in engines.values()])
     metrics = Metrics(scheduler)
-    scheduler.on_cancel = lambda job: metrics.cancelled.inc()
+    scheduler.on_cancel = lambda job: None if job.filtered else metrics.cancelled.inc()
     scheduler.on_defer = lambda job: metrics.waited.inc()
     created = {name: int(m.folder.stat().st_mtime) for name, m in models.items()}
-    served = Served(models, limits, scheduler, metrics, engines, created)
+    served = Served(models, limits, scheduler, metrics, engines, created, policy)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -52,6 +52,7 @@ async def images(req: P.ImageRequest, request: Request, served: Served = Depends
                            f"offered: {', '.join(allowed)} (larger ones are nearest-neighbour enlargements)",
                            param="size")
         scale = allowed.index(req.size) + 1
+    served.check_prompt([req.prompt or ""], "prompt")
     label = class_of_prompt(im, req.prompt)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     diffusion = im.family == "ddpm"

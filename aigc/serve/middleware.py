@@ -38,6 +38,8 @@ class Metrics:
                                  registry=r)
         self.waited = Counter("aigc_requests_waited_for_batch_rows", "Requests that waited for free batch rows",
                               registry=r)
+        self.policy_refusals = Counter("aigc_policy_refusals", "Prompts refused and outputs cut by the content "
+                                       "policy", ["where", "reason"], registry=r)
         self.rejected = Counter("aigc_requests_rejected_busy", "Requests refused with 429 (queue full)", registry=r)
         Gauge("aigc_requests_in_flight", "Requests generating now", registry=r).set_function(
             lambda: scheduler.in_flight)

@@ -45,6 +45,7 @@ class Job:
         self.started: float | None = None  # when the worker first ran it (queue wait = started - submitted)
         self.it: Iterator | None = None
         self.deferred = False  # has it waited for batch rows?
+        self.filtered = False  # cancelled because the content policy cut every output (not a client that left)
 
     def cancel(self) -> None:
         """Stop generating (called from the event loop when the client disconnects)."""

@@ -17,6 +17,7 @@ from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
 from aigc.serve.errors import APIError
 from aigc.serve.middleware import Metrics
+from aigc.serve.policy import Policy
 from aigc.serve.scheduler import Busy, Job, Scheduler
 
 
@@ -64,6 +65,7 @@ class Served:
         scheduler: the generation thread; metrics: the app's Prometheus metrics.
         engines: name -> the :class:`~aigc.generate.engine.BatchEngine` of each text model.
         created: name -> the ``created`` time of ``/v1/models`` (the model folder's mtime).
+        policy: the content policy (``aigc serve --policy``), or None.
     """
 
     models: dict[str, TextModel | ImageModel]
@@ -72,6 +74,22 @@ class Served:
     metrics: Metrics
     engines: dict[str, BatchEngine]
     created: dict[str, int]
+    policy: Policy | None = None
+
+    def check_prompt(self, texts: list[str], param: str) -> None:
+        """Refuse prompt ``texts`` the content policy refuses.
+
+        Raises:
+            APIError: 400 ``content_policy_violation`` naming the reason code (counted in /metrics).
+        """
+        if self.policy is None:
+            return
+        for text in texts:
+            refusal = self.policy.check(text, "prompt")
+            if refusal is not None:
+                self.metrics.policy_refusals.labels("prompt", refusal.reason).inc()
+                raise APIError(400, f"{param}: refused by this server's content policy (reason: {refusal.reason})",
+                               param=param, code="content_policy_violation")
 
     def model(self, name: str | None, kind: type, what: str) -> TextModel | ImageModel:
         """The model ``name`` (None: the only one of ``kind``), which must be a ``kind`` for route ``what``.

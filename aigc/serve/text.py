@@ -20,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from aigc.config import SampleConfig
+from aigc.data.chat import check_messages
 from aigc.data.fim import fim_token_ids
 from aigc.generate.engine import BatchEngine
 from aigc.evaluate.watermark import detect
@@ -63,6 +64,7 @@ class Choices:
 
     def __init__(self, served: Served, name: str, job: Job, prompts: int, n: int, generate: bool = True):
         self.metrics, self.name, self.job, self.n, self.generate = served.metrics, name, job, n, generate
+        self.policy = served.policy
         total = prompts * n
         self.texts: list[str] = [""] * total
         self.finish: list[str | None] = [None] * total
@@ -87,18 +89,32 @@ class Choices:
                 continue
             piece, fin = step.pieces[i], step.finish[i]
             new = [step.logprobs[i]] if step.logprobs is not None and step.logprobs[i] is not None else []
-            self.scored[c] += new
             if piece and self.first:
                 self.first = False
                 self.metrics.ttft.labels(self.name).observe(time.perf_counter() - self.job.submitted)
-            self.texts[c] += piece
             self.tokens[c] = step.tokens[i]
+            if piece and self.policy is not None and self._refused(c, piece):
+                piece, fin, new = "", "content_filter", []  # cut before the piece that made it match
+            self.scored[c] += new
+            self.texts[c] += piece
             if fin:
                 self.finish[c] = fin
                 self.metrics.generation_tokens.labels(self.name).inc(step.tokens[i])
             if piece or fin or new:
                 changed.append((c, piece, fin, new))
         return changed
+
+    def _refused(self, c: int, piece: str) -> bool:
+        """Does choice ``c`` with ``piece`` added match the content policy? Counted; the job is cancelled
+        once every choice has finished."""
+        refusal = self.policy.check(self.texts[c] + piece, "output")
+        if refusal is None:
+            return False
+        self.metrics.policy_refusals.labels("output", refusal.reason).inc()
+        if all(f for k, f in enumerate(self.finish) if k != c):
+            self.job.filtered = True
+            self.job.cancel()  # nothing left to generate for this request
+        return True
 
 
 async def run_text(request: Request, served: Served, name: str, prompts: list[Prompt], n: int, seed: int | None,
@@ -182,6 +198,7 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
         raise APIError(400, f"prompt: {len(given)} prompts with n = {req.n}: expected 1 to "
                        f"{limits.max_n // req.n} prompts (prompts x n at most {limits.max_n})", param="prompt")
     check_seed(req.seed, len(given) * req.n)
+    served.check_prompt([t for t in given if isinstance(t, str)] + ([req.suffix] if req.suffix else []), "prompt")
     if req.suffix is not None:  # fill in the middle: one prompt (the prefix) and the suffix
         if len(given) != 1 or not isinstance(given[0], str):
             raise APIError(400, "suffix: give one prompt (the text before the gap)", param="prompt")
@@ -191,6 +208,7 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
         prompts = [await encode_prompt(tm, t, "prompt", limits) if isinstance(t, str) else token_prompt(tm, t, limits)
                    for t in given]
     texts = [t if isinstance(t, str) else tm.tokenizer.decode(t) for t in given]
+    served.check_prompt([t for t, g in zip(texts, given) if not isinstance(g, str)], "prompt")  # token ids
     echo_scores = req.logprobs if req.echo and req.logprobs is not None and req.suffix is None else None
     rid, ts, n = P.new_id("cmpl"), P.now(), req.n
 
@@ -244,6 +262,7 @@ async def chat_completions(req: P.ChatRequest, request: Request, served: Served 
     check_top(req.top_logprobs, "top_logprobs")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs: only with logprobs = true", param="top_logprobs")
+    served.check_prompt([m["content"] for m in check_messages(req.messages)], "messages")
     text = tm.render_chat(req.messages)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     settings = tm.turn_end(await run_in_threadpool(settings_of, req, tm, max_tokens, served.limits, bool(req.logprobs),
