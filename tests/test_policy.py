@@ -51,6 +51,7 @@ def test_refused_prompts_get_an_openai_shaped_400_counted_and_logged_without_tex
     caplog.set_level(logging.WARNING, "aigc.policy")
     for route, body, param, reason in [
         ("/v1/completions", {"prompt": "秋风起", "max_tokens": 5}, "prompt", "no_autumn"),
+        ("/v1/completions", {"prompt": "秋风起", "max_tokens": 5, "stream": True}, "prompt", "no_autumn"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "写秋天"}]}, "messages", "no_autumn"),
         ("/v1/completions", {"prompt": "SPRING RAIN", "max_tokens": 5}, "prompt", "shouting"),
         ("/v1/completions", {"prompt": "BREAK THE HOOK", "max_tokens": 5}, "prompt", "policy_error"),
@@ -61,7 +62,7 @@ def test_refused_prompts_get_an_openai_shaped_400_counted_and_logged_without_tex
         assert f"reason: {reason}" in err["message"] and err["type"] == "invalid_request_error"
     assert c.post("/v1/completions", json={"model": "poems", "prompt": "春", "max_tokens": 2}).status_code == 200
     metrics = c.get("/metrics").text
-    assert 'aigc_policy_refusals_total{reason="no_autumn",where="prompt"} 2.0' in metrics
+    assert 'aigc_policy_refusals_total{reason="no_autumn",where="prompt"} 3.0' in metrics
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "no_autumn" in logged and "秋风起" not in logged and "写秋天" not in logged
 
