@@ -1,0 +1,185 @@
+"""Forms of regulated verse (近体诗) and a checker: 五言/七言 绝句 and 律诗, their tonal templates,
+rhyme by the 平水韵 (:mod:`aigc.data.rhyme`).
+
+A poem is text as the shipped corpus holds it: an optional title line, then one couplet per line,
+``上句，下句。`` (a 绝句 has two couplets, a 律诗 four). The four line patterns of five characters
+(Wang Li, 《汉语诗律学》, 1958, section 1.8; the standard account):
+
+    A 仄仄平平仄    B 平平仄仄平 (rhymed)    C 平平平仄仄    D 仄仄仄平平 (rhymed)
+
+and of seven, each with two characters of the opposite tone in front (A7 平平仄仄平平仄 and so
+on). A couplet is A+B or C+D (对: the second line answers the first); the next couplet's first
+line has the same second-character tone as the line before it (粘), so B is followed by C and D
+by A. The even lines rhyme on a 平 group; the first line may rhyme too (首句入韵: D or B
+instead of A or C). That gives four templates, named by the tone of the first line's second
+character (平起 / 仄起) and by whether the first line rhymes.
+
+With the 一三五不论 leniency (the default, as teachers state it) only the second, fourth and
+sixth characters and the last one must keep the template's tone; strict checking tests every
+character. Characters of both tones fit either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aigc.data.rhyme import PING, ZE, RhymeTables, rhyme_tables
+from aigc.errors import AigcError
+
+PATTERNS5 = {"A": "仄仄平平仄", "B": "平平仄仄平", "C": "平平平仄仄", "D": "仄仄仄平平"}
+FOLLOW = {"B": "C", "D": "A"}  # 粘: the pattern after the second line of a couplet
+ANSWER = {"A": "B", "C": "D"}  # 对: the second line of a couplet
+RHYMED_FIRST = {"A": "D", "C": "B"}  # the first line when it rhymes too
+
+
+@dataclass(frozen=True)
+class Form:
+    """A regulated-verse form: ``chars`` per line (5 or 7) and ``lines`` (4: 绝句, 8: 律诗)."""
+
+    name: str
+    chars: int
+    lines: int
+
+
+FORMS = {f.name: f for f in (Form("五言绝句", 5, 4), Form("七言绝句", 7, 4), Form("五言律诗", 5, 8),
+                             Form("七言律诗", 7, 8))}
+ALIASES = {"五绝": "五言绝句", "七绝": "七言绝句", "五律": "五言律诗", "七律": "七言律诗"}
+
+
+def form_named(name: str) -> Form:
+    """The form called ``name`` (五言绝句 or 五绝, ...).
+
+    Raises:
+        AigcError: an unknown form, listing the known ones.
+    """
+    form = FORMS.get(ALIASES.get(name, name))
+    if form is None:
+        raise AigcError(f"form {name!r}: expected one of {', '.join(FORMS)} (or {', '.join(ALIASES)})")
+    return form
+
+
+def line_pattern(kind: str, chars: int) -> str:
+    """The tones of line pattern ``kind`` (A-D) for lines of ``chars`` characters."""
+    five = PATTERNS5[kind]
+    if chars == 5:
+        return five
+    lead = "仄仄" if five[1] == PING else "平平"  # the opposite of the five-character line's first tone
+    return lead + five
+
+
+def templates(form: Form) -> dict[str, list[str]]:
+    """The form's four tonal templates: name (e.g. ``仄起首句不入韵``) -> one tone string per line."""
+    out = {}
+    for first in ("A", "C"):
+        for rhymed in (False, True):
+            kinds, k = [], first
+            for _ in range(form.lines // 2):
+                kinds += [k, ANSWER[k]]
+                k = FOLLOW[ANSWER[k]]
+            if rhymed:
+                kinds[0] = RHYMED_FIRST[first]
+            tones = [line_pattern(x, form.chars) for x in kinds]
+            name = f"{'平' if tones[0][1] == PING else '仄'}起首句{'入' if rhymed else '不入'}韵"
+            out[name] = tones
+    return out
+
+
+def required_positions(chars: int, lenient: bool) -> list[int]:
+    """0-based positions whose tone is checked: with ``lenient`` (一三五不论) the even positions and the last."""
+    if not lenient:
+        return list(range(chars))
+    return sorted({i for i in range(chars) if i % 2 == 1} | {chars - 1})
+
+
+def poem_lines(text: str) -> tuple[str, list[str], list[str]]:
+    """Split a poem into (title, lines without punctuation, the punctuation after each line).
+
+    The title is the first line when the text has a line without ``，`` or ``。``; each remaining line
+    is split after every ``，`` ``。`` ``？`` ``！`` ``；``.
+    """
+    rows = [r.strip() for r in text.strip().split("\n") if r.strip()]
+    title = ""
+    if rows and not any(p in rows[0] for p in "，。？！；"):
+        title, rows = rows[0], rows[1:]
+    lines, marks, cur = [], [], ""
+    for ch in "".join(rows):
+        if ch in "，。？！；":
+            lines.append(cur)
+            marks.append(ch)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        lines.append(cur)
+        marks.append("")
+    return title, lines, marks
+
+
+@dataclass
+class Verdict:
+    """The checker's verdict on one poem for one form.
+
+    Attributes:
+        form_ok: line count, characters per line and punctuation (，。 alternating) exact.
+        rhyme_ok: the rhyming lines' last characters share a 平 group of the 平水韵.
+        tone: the share of checked positions whose character can take the template's tone
+            (under the best-fitting of the four templates).
+        template: that template's name; group: the shared rhyme group (None when none).
+        problems: what failed, in words.
+    """
+
+    form_ok: bool
+    rhyme_ok: bool
+    tone: float
+    template: str | None
+    group: str | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Form, rhyme and every checked tone right."""
+        return self.form_ok and self.rhyme_ok and self.tone == 1.0
+
+
+def check(text: str, form: Form | str, lenient: bool = True, tables: RhymeTables | None = None) -> Verdict:
+    """Check a poem (see :func:`poem_lines`) against ``form``."""
+    form = form_named(form) if isinstance(form, str) else form
+    tables = tables or rhyme_tables()
+    _, lines, marks = poem_lines(text)
+    problems = []
+    if len(lines) != form.lines:
+        problems.append(f"{len(lines)} lines; {form.name} has {form.lines}")
+    bad = [i + 1 for i, line in enumerate(lines) if len(line) != form.chars]
+    if bad:
+        problems.append(f"line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} not {form.chars} characters")
+    want = ["，" if i % 2 == 0 else "。" for i in range(len(lines))]
+    if marks != want:
+        problems.append("punctuation is not ， and 。 alternating")
+    form_ok = not problems
+    if not form_ok:
+        return Verdict(False, False, 0.0, None, None, problems)
+    positions = required_positions(form.chars, lenient)
+    best = None
+    for name, tones in templates(form).items():
+        hits = sum(want_tone in tables.tones(line[i]) for line, pattern in zip(lines, tones)
+                   for i, want_tone in ((i, pattern[i]) for i in positions))
+        if best is None or hits > best[1]:
+            best = (name, hits)
+    name, hits = best
+    tone = hits / (len(positions) * form.lines)
+    rhyming = [i for i in range(form.lines) if i % 2 == 1 or (i == 0 and "首句入韵" in name)]
+    shared = None
+    for i in rhyming:
+        groups = {g for g in tables.shi_groups(lines[i][-1]) if tables.groups[g] == PING}
+        shared = groups if shared is None else shared & groups
+    group = min(shared) if shared else None
+    if group is None:
+        problems.append("the rhyming lines end in characters of no common 平 group: "
+                        + "".join(lines[i][-1] for i in rhyming))
+    if tone < 1:
+        problems.append(f"tones: {tone:.0%} of the checked positions fit the {name} template")
+    return Verdict(True, group is not None, tone, name, group, problems)
+
+
+__all__ = ["FORMS", "Form", "Verdict", "check", "form_named", "line_pattern", "poem_lines", "required_positions",
+           "templates", "PING", "ZE"]
