@@ -67,3 +67,66 @@ def test_the_checker_names_what_is_wrong():
     assert not v.form_ok and "punctuation" in v.problems[0]
     with pytest.raises(AigcError, match="form '六绝': expected one of 五言绝句"):
         form_named("六绝")
+
+
+# ---------------------------------------------------------------- constrained generation (tang-base)
+@pytest.fixture(scope="module")
+def tang():
+    import aigc
+
+    return aigc.load("tang-base")
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_each_form_comes_out_exact_in_lengths_punctuation_rhyme_and_tone(tang, form):
+    from aigc.generate.poem import write_poems
+
+    poems = write_poems(tang, "秋天的落叶", form, n=2, seed=11)
+    for p in poems:
+        title, lines, marks = poem_lines(p["text"])
+        assert title == "秋天的落叶" and p["verdict"].ok, (p["text"], p["verdict"].problems)
+        assert len(lines) == FORMS[form].lines and all(len(x) == FORMS[form].chars for x in lines)
+    strict = write_poems(tang, "春风", "五绝", n=1, seed=3, lenient=False)[0]
+    assert check(strict["text"], "五绝", lenient=False).ok, strict["text"]
+
+
+def test_acrostic_no_copied_lines_and_reranking(tang):
+    from aigc.generate.poem import shipped_lines, write_poems
+
+    poems = write_poems(tang, "秋 落叶", "七绝", n=3, seed=4, acrostic="秋天落叶", forbidden=shipped_lines(7))
+    for p in poems:
+        _, lines, _ = poem_lines(p["text"])
+        assert "".join(x[0] for x in lines) == "秋天落叶" and p["verdict"].ok
+    scores = [p["score"] for p in poems]
+    assert scores == sorted(scores, reverse=True)  # best first
+    body = poems[0]["text"].split("\n", 1)[1]
+    scored = tang.score(poems[0]["text"])[-len(body):]
+    chars = [e.logprob for e in scored if e.token != tang.tokenizer.encode("\n")[0]]
+    assert scores[0] == pytest.approx(sum(chars) / len(chars), abs=1e-4)  # the model's own mean log-likelihood
+    # a line the model would write is refused once it is a "training line", and another is written instead
+    first = poem_lines(write_poems(tang, "春", "五绝", n=1, seed=9)[0]["text"])[1][0]
+    again = poem_lines(write_poems(tang, "春", "五绝", n=1, seed=9, forbidden={first[:-1]: {first[-1]}})[0]["text"])[1]
+    assert first not in again
+    shipped = shipped_lines(7)
+    for p in poems:
+        assert not any(x[-1] in shipped.get(x[:-1], ()) for x in poem_lines(p["text"])[1])
+
+
+def test_poem_bad_input(tang, capsys):
+    from aigc.cli import main
+    from aigc.generate.poem import write_poems
+
+    with pytest.raises(AigcError, match="acrostic character '𠀋' is not in the model's vocabulary"):
+        write_poems(tang, "春", "五绝", acrostic="春𠀋秋冬")
+    with pytest.raises(AigcError, match="4 characters; a 七言律诗 has 8 lines"):
+        write_poems(tang, "春", "七律", acrostic="春夏秋冬")
+    with pytest.raises(AigcError, match="the model's context is"):
+        write_poems(tang, "春" * 120, "七律")
+    with pytest.raises(AigcError, match="no tonal template of the 五言绝句 fits"):
+        write_poems(tang, "春", "五绝", acrostic="一十白月", lenient=False)  # all 仄 first characters, strict
+    for args, message in [(["--theme", "春", "--form", "六绝"], "form '六绝': expected one of"),
+                          (["--theme", "春", "--n", "0"], "--n 0"), (["--theme", "春\n夏"], "--theme: expected one line"),
+                          (["--theme", "春", "--acrostic", "春夏秋冬x"], "5 characters; a 七言绝句 has 4 lines")]:
+        code = main(["poem", "tang-base", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)

@@ -29,6 +29,7 @@ COMMANDS = {
     "sample": ("generate text or images from a run or model folder", "sample"),
     "complete": ("complete code: a function body at FILE:LINE, or a prompt file", "sample"),
     "chat": ("talk with a chat model in the terminal", "chat"),
+    "poem": ("regulated verse on a theme: form, tones and rhyme kept by constrained decoding", "poem"),
     "eval": ("text: perplexity, bits/char, diversity; images: FD, KID, precision/recall; code: pass@k", "evaluate"),
     "serve": ("an OpenAI-compatible HTTP server and a web page for the given models", "serve"),
     "keygen": ("make a secret watermark key for a text, code or diffusion model", "watermark"),

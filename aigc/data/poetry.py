@@ -159,26 +159,30 @@ def check(text: str, form: Form | str, lenient: bool = True, tables: RhymeTables
     if not form_ok:
         return Verdict(False, False, 0.0, None, None, problems)
     positions = required_positions(form.chars, lenient)
-    best = None
+    best = None  # (hits, rhymes, name, group): the best-fitting template, a rhyming one among equals
     for name, tones in templates(form).items():
-        hits = sum(want_tone in tables.tones(line[i]) for line, pattern in zip(lines, tones)
-                   for i, want_tone in ((i, pattern[i]) for i in positions))
-        if best is None or hits > best[1]:
-            best = (name, hits)
-    name, hits = best
+        hits = sum(tones[k][i] in tables.tones(line[i]) for k, line in enumerate(lines) for i in positions)
+        group = _shared_group(tables, [lines[k][-1] for k in range(form.lines)
+                                       if k % 2 == 1 or (k == 0 and "首句入韵" in name)])
+        if best is None or (hits, group is not None) > best[:2]:
+            best = (hits, group is not None, name, group)
+    hits, _, name, group = best
     tone = hits / (len(positions) * form.lines)
-    rhyming = [i for i in range(form.lines) if i % 2 == 1 or (i == 0 and "首句入韵" in name)]
-    shared = None
-    for i in rhyming:
-        groups = {g for g in tables.shi_groups(lines[i][-1]) if tables.groups[g] == PING}
-        shared = groups if shared is None else shared & groups
-    group = min(shared) if shared else None
     if group is None:
         problems.append("the rhyming lines end in characters of no common 平 group: "
-                        + "".join(lines[i][-1] for i in rhyming))
+                        + "".join(lines[k][-1] for k in range(1, form.lines, 2)))
     if tone < 1:
         problems.append(f"tones: {tone:.0%} of the checked positions fit the {name} template")
     return Verdict(True, group is not None, tone, name, group, problems)
+
+
+def _shared_group(tables: RhymeTables, ends: list[str]) -> str | None:
+    """A 平 group of the 平水韵 every character of ``ends`` belongs to (None when there is none)."""
+    shared = None
+    for ch in ends:
+        groups = {g for g in tables.shi_groups(ch) if tables.groups[g] == PING}
+        shared = groups if shared is None else shared & groups
+    return min(shared) if shared else None
 
 
 __all__ = ["FORMS", "Form", "Verdict", "check", "form_named", "line_pattern", "poem_lines", "required_positions",
