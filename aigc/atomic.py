@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -115,6 +116,31 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Atomically write ``data`` to ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_private(path: str | os.PathLike, data: bytes) -> None:
+    """Write a secret (a key) to a new file ``path`` readable by its owner only (mode 0600 from the first
+    byte), atomically and without replacing anything: the bytes go to a temporary file beside it, which
+    is then hard-linked to ``path`` (an existing ``path``, or a link there, is never followed or replaced).
+
+    Raises:
+        AigcError: ``path`` exists, or the folder cannot be written.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise AigcError(f"{path}: exists; a key is never overwritten") from None
+    except OSError as e:
+        raise AigcError(f"{path}: cannot write ({e.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

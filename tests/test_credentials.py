@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 
 import c2pa
 import numpy as np
@@ -32,6 +33,19 @@ def manifest_of(png: bytes) -> dict:
     with c2pa.Reader("image/png", io.BytesIO(png)) as r:
         store = json.loads(r.json())
     return {"active": store["manifests"][store["active_manifest"]], "status": store.get("validation_status", [])}
+
+
+def retitled(png: bytes) -> bytes:
+    """The PNG with its Software text chunk rewritten, the chunk's CRC made right (a careful forger)."""
+    out, i = bytearray(png[:8]), 8
+    while i < len(png):
+        length = int.from_bytes(png[i:i + 4], "big")
+        kind, body = png[i + 4:i + 8], png[i + 8:i + 8 + length]
+        if kind == b"tEXt" and body.startswith(b"Software"):
+            body = b"Software\0made by hand"
+        out += len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        i += 12 + length
+    return bytes(out)
 
 
 def assert_generated(png: bytes, **expected) -> None:
@@ -74,13 +88,14 @@ def test_detect_reads_verifies_and_tells_apart_plain_and_tampered_images(trained
     Image.open(out).save(plain)  # the same pixels, re-saved by a tool that drops the manifest
     assert main(["detect", str(plain)]) == 3
     assert "no C2PA content credentials" in capsys.readouterr().out
-    data = bytearray(out.read_bytes())
-    i = data.find(b"IDAT") + 12
-    data[i] ^= 0xFF  # one byte of the image changed after signing
-    (tmp_path / "tampered.png").write_bytes(bytes(data))
+    (tmp_path / "tampered.png").write_bytes(retitled(out.read_bytes()))  # a text chunk changed after signing
     assert main(["detect", str(tmp_path / "tampered.png"), "--json"]) == 5
     report = json.loads(capsys.readouterr().out)
     assert report["state"] == "invalid" and any("dataHash.mismatch" in p for p in report["problems"])
+    for name, data in [("text.png", b"hello"), ("empty.png", b""), ("cut.png", plain.read_bytes()[:60])]:
+        (tmp_path / name).write_bytes(data)
+        assert main(["detect", str(tmp_path / name)]) == 2
+        assert "not a readable PNG image" in capsys.readouterr().err
     assert read_credentials(tmp_path / "tampered.png").state == "invalid"
 
 
@@ -159,3 +174,34 @@ def test_image_watermark_and_credentials_bad_input(trained, tmp_path, capsys):  
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(AigcError, match="Tree-Ring key marks a diffusion model"):
         aigc.load("tang-base").use_watermark(load_key(tmp_path / "image.key"))
+
+
+def test_the_development_chain_is_made_once_private_and_refused_in_a_shared_folder(tmp_path):
+    import os
+    import stat
+    import threading
+
+    from aigc.formats.credentials import _dev_chain
+
+    folder = tmp_path / "c2pa"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(_dev_chain(folder))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1  # four processes' worth of first use: one chain
+    assert stat.S_IMODE(os.stat(folder / "dev-key.pem").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    os.chmod(folder, 0o777)
+    with pytest.raises(AigcError, match="others may write to it"):
+        _dev_chain(folder)
+    key = tmp_path / "k.json"
+    save_key(TreeRingKey("ab" * 32, "treering", 4, 0, 28, 1), key)
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    with pytest.raises(AigcError, match="exists; a key is never overwritten"):
+        save_key(TreeRingKey("cd" * 32, "treering", 4, 0, 28, 1), key)
+    raw = json.loads(key.read_text())
+    (tmp_path / "bool.json").write_text(json.dumps({**raw, "radius": True}))
+    with pytest.raises(AigcError, match="radius = True"):
+        load_key(tmp_path / "bool.json")

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 import aigc
 from aigc.errors import AigcError
 from aigc.serve.app import create_app
-from aigc.serve.policy import load_policy
+from aigc.serve.policy import OutputFilter, load_policy
 
 POLICY = """
 [[rule]]
@@ -29,6 +29,10 @@ applies_to = ["output"]
 [[hook]]
 call = "test_policy:shouting"
 """
+
+
+async def asynchronous(text: str, where: str):
+    return None
 
 
 def shouting(text: str, where: str):
@@ -82,6 +86,25 @@ def test_an_output_that_turns_bad_is_cut_with_content_filter(client):
     assert "".join(ch["text"] for ch in chunks) == full[:full.index("，")]
     assert chunks[-1]["finish_reason"] == "content_filter"
     assert 'aigc_policy_refusals_total{reason="no_commas",where="output"} 2.0' in c.get("/metrics").text
+    r = c.post("/v1/completions", json={**body, "logprobs": 2})  # they would spell out the cut text
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+
+
+def test_the_output_filter_cuts_where_the_match_starts_holds_back_and_sees_the_prompt(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('stream_hold = 8\n[[rule]]\nreason = "bomb"\npatterns = ["make a bomb"]\n'
+                    'applies_to = ["output"]\n')
+    f = OutputFilter(load_policy(path), ["", "how to make a"])
+    sent = ""
+    for piece in ["Here is ", "how to ", "make a b", "omb now"]:
+        out, refusal = f.feed(0, piece, False)
+        sent += out
+    assert refusal is not None and refusal.reason == "bomb"
+    assert sent == "Here is how to " and "make a" not in sent  # held back, then cut where the match starts
+    out, refusal = f.feed(1, " bomb", False)  # split between the prompt and the output
+    assert refusal is not None and out == ""
+    g = OutputFilter(load_policy(path), [""])
+    assert g.feed(0, "harmless text here", False)[0] == "harmless t" and g.feed(0, "", True)[0] == "ext here"
 
 
 def test_a_bad_policy_file_is_refused_naming_the_problem(tmp_path, capsys):
@@ -96,6 +119,14 @@ def test_a_bad_policy_file_is_refused_naming_the_problem(tmp_path, capsys):
         ('colour = "red"\n', "unknown key 'colour'"),
         ("[[rule]\n", "not a TOML policy file"),
         ("log_text = false\n", "no [[rule]] or [[hook]]"),
+        ("rule = 5\n", "rule: expected [[rule]] tables"),
+        ('[rule]\nreason = "x"\npatterns = ["a"]\n', "rule: expected [[rule]] tables"),
+        ('[[rule]]\nreason = "x"\npatterns = ["a*"]\n', "matches the empty text"),
+        ('[[rule]]\nreason = "x\\n"\npatterns = ["a"]\n', "reason = 'x\\n'"),
+        ('[[hook]]\ncall = ":f"\n', "call = ':f': expected 'module:function'"),
+        ('[[hook]]\ncall = "test_policy:shouting"\napplies-to = ["output"]\n', "unknown key 'applies-to'"),
+        ('[[hook]]\ncall = "test_policy:asynchronous"\n', "is not a plain function"),
+        ("stream_hold = -1\n", "stream_hold = -1: expected an integer from 0 to 4096"),
     ]
     for i, (text, message) in enumerate(cases):
         path = tmp_path / f"p{i}.toml"

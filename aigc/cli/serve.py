@@ -107,8 +107,11 @@ def _watermarks(specs: list[str], models: dict) -> None:
         if name is not None and name not in models:
             raise AigcError(f"--watermark {spec}: {name!r} is not a model served here")
         key = load_key(path)
-        kind = ImageModel if key.scheme == "treering" else TextModel
-        targets = [n for n, m in models.items() if name in (None, n) and (name is not None or isinstance(m, kind))]
+        def fits(m) -> bool:  # a Tree-Ring key: diffusion models; a text key: text models
+            return isinstance(m, ImageModel) and m.family == "ddpm" if key.scheme == "treering" \
+                else isinstance(m, TextModel)
+
+        targets = [n for n, m in models.items() if name in (None, n) and (name is not None or fits(m))]
         for n in targets:
             try:
                 models[n].use_watermark(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def _detect_image(args, key) -> int:
     if args.file == "-":
         raise AigcError("give the image file to test (a Tree-Ring key tests an image, not stdin)")
     image = _generated_image(model, Path(args.file))
-    d = detect_images(model.model, key, image)[0]
+    d = detect_images(model.model, key, image, threshold=0.5 * math.erfc(args.threshold / math.sqrt(2)))[0]
     if args.json:
         print(json.dumps(d.__dict__))
     else:
@@ -153,8 +154,8 @@ def _generated_image(model: ImageModel, path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             width, height = im.size
-    except (OSError, ValueError) as e:
-        raise AigcError(f"{path}: not an image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - PIL: unreadable, truncated, a decompression bomb
+        raise AigcError(f"{path}: not a readable image ({type(e).__name__})") from None
     if (width, height) != (size + 4, size + 4):
         return model.read_edit_image(path)
     rgb = read_image_file(path, 3, size + 4, False)[:, 2:-2, 2:-2]

@@ -18,18 +18,21 @@ signed it on this machine; it is not trusted by anyone else, and the reader says
 from __future__ import annotations
 
 import datetime
+import fcntl
 import io
 import json
 import os
+import stat
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigc.atomic import write_bytes
+from aigc.atomic import write_private
 from aigc.errors import AigcError
 from aigc.version import __version__
 
+MAX_IMAGE_BYTES = 256 * 2**20
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ASSERTION = "org.aigc.generation"
 _lock = threading.Lock()
@@ -61,11 +64,50 @@ def _algorithm(key_pem: bytes, where: str):
     raise AigcError(f"{where}: a {type(key).__name__}; expected an EC P-256 / P-384 or Ed25519 key")
 
 
+def _check_folder(folder: Path) -> None:
+    """Refuse a credentials folder that is a link, someone else's, or writable by others."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise AigcError(f"{folder}: the C2PA credentials folder is a link or not a folder; refusing to use it")
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise AigcError(f"{folder}: the C2PA credentials folder belongs to another user or others may write to "
+                        "it; refusing to keep a signing key there (chmod 700, or set AIGC_C2PA_DIR)")
+
+
+def _read_private(path: Path) -> bytes | None:
+    """The bytes of ``path`` (not followed if a link), or None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AigcError(f"{path}: cannot read the development certificate or key ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def _dev_chain(folder: Path) -> tuple[bytes, bytes]:
-    """The development chain (leaf then CA, PEM) and the leaf's key, made in ``folder`` when missing."""
-    chain, key = folder / "dev-chain.pem", folder / "dev-key.pem"
-    if chain.is_file() and key.is_file():
-        return chain.read_bytes(), key.read_bytes()
+    """The development chain (leaf then CA, PEM) and the leaf's key, made in ``folder`` when missing
+    (under a lock, so two processes starting at once make one chain)."""
+    _check_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_folder(folder)
+    fd = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        chain, key = _read_private(folder / "dev-chain.pem"), _read_private(folder / "dev-key.pem")
+        if chain is not None and key is not None:
+            return chain, key
+        if chain is not None or key is not None:
+            raise AigcError(f"{folder}: holds only half of the development chain (dev-chain.pem / dev-key.pem); "
+                            "remove the folder to make a new one")
+        return _make_dev_chain(folder)
+
+
+def _make_dev_chain(folder: Path) -> tuple[bytes, bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -95,10 +137,8 @@ def _dev_chain(folder: Path) -> tuple[bytes, bytes]:
     pem = serialization.Encoding.PEM
     chain_pem = leaf.public_bytes(pem) + ca.public_bytes(pem)
     key_pem = leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_bytes(key, key_pem)
-    os.chmod(key, 0o600)
-    write_bytes(chain, chain_pem)
+    write_private(folder / "dev-key.pem", key_pem)  # 0600 from the first byte
+    write_private(folder / "dev-chain.pem", chain_pem)
     print(f"note: made a development certificate chain for C2PA content credentials in {folder}; images are "
           "signed with it (set AIGC_C2PA_CERT and AIGC_C2PA_KEY to sign with your own certificate)", file=sys.stderr)
     return chain_pem, key_pem
@@ -156,11 +196,27 @@ def sign_png(png: bytes, info: dict) -> bytes:
     out = io.BytesIO()
     try:
         signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg, chain, key, None))
-        with c2pa.Builder(json.dumps(manifest(info))) as builder:
+        context = c2pa.Context(c2pa.Settings.from_dict({"builder": {"thumbnail": {"enabled": False}}}))
+        with c2pa.Builder(json.dumps(manifest(info)), context) as builder:  # no thumbnail: 3 KB stays 3 KB
             builder.sign(signer, "image/png", io.BytesIO(png), out)
     except c2pa.C2paError as e:
         raise AigcError(f"C2PA signing failed with the {where} certificate: {e}") from None
     return out.getvalue()
+
+
+def _check_image(path: Path, data: bytes, mime: str) -> None:
+    """Raises AigcError unless ``data`` decodes as an image of the format its name says."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if Image.MIME.get(im.format) != mime:
+                raise AigcError(f"{path}: a {im.format} image named .{path.suffix.lstrip('.')}")
+            im.verify()
+    except AigcError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds (truncated, bomb, syntax)
+        raise AigcError(f"{path}: not a readable {mime.split('/')[1].upper()} image ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'undecodable'})") from None
 
 
 @dataclass
@@ -196,10 +252,15 @@ def read_credentials(path: str | Path) -> Credentials:
     mime = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(suffix)
     if mime is None:
         raise AigcError(f"{path}: a .{suffix} file; expected an image (.png, .jpg, .jpeg, .webp)")
+    if not path.is_file():
+        raise AigcError(f"{path}: no such image file")
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise AigcError(f"{path}: {path.stat().st_size:,} bytes; images over {MAX_IMAGE_BYTES:,} bytes are not read")
     try:
         data = path.read_bytes()
     except OSError as e:
         raise AigcError(f"{path}: cannot read ({e.strerror})") from None
+    _check_image(path, data, mime)
     try:
         with c2pa.Reader(mime, io.BytesIO(data)) as reader:
             store = json.loads(reader.json())
@@ -207,20 +268,27 @@ def read_credentials(path: str | Path) -> Credentials:
         text = str(e)
         if "ManifestNotFound" in text or "JumbfNotFound" in text or "no JUMBF" in text.lower():
             return Credentials("none", [])
-        return Credentials("invalid", [text])
+        return Credentials("invalid", [" ".join(text.split())])
     active = store.get("manifests", {}).get(store.get("active_manifest", ""), {})
     problems = [f"{s.get('code')}: {s.get('explanation', '')}".strip()
                 for s in store.get("validation_status", []) or []]
     generation, generated = None, False
     for a in active.get("assertions", []):
+        data = a.get("data") if isinstance(a, dict) else None
+        if not isinstance(data, dict):
+            continue
         if a.get("label") == ASSERTION:
             try:
-                generation = json.loads(a.get("data", {}).get("provenance", ""))
-            except (ValueError, AttributeError):
-                problems.append(f"{ASSERTION}: not the JSON aigc writes")
-        if a.get("label", "").startswith("c2pa.actions"):
-            generated |= any(x.get("digitalSourceType") == TRAINED for x in a.get("data", {}).get("actions", []))
+                generation = json.loads(data.get("provenance", ""))
+            except (TypeError, ValueError):
+                generation = None
+            if not isinstance(generation, dict):
+                generation = None
+                problems.append(f"{ASSERTION}: not the JSON object aigc writes")
+        if str(a.get("label", "")).startswith("c2pa.actions") and isinstance(data.get("actions"), list):
+            generated |= any(isinstance(x, dict) and x.get("digitalSourceType") == TRAINED for x in data["actions"])
     sig = active.get("signature_info", {})
-    signer = ", ".join(x for x in (sig.get("issuer", ""), sig.get("common_name", "")) if x)
+    signer = ", ".join(str(x) for x in (sig.get("issuer", ""), sig.get("common_name", "")) if x)
+    signer = "".join(ch if ch.isprintable() else "?" for ch in signer)  # a certificate's name is the signer's text
     serious = [p for p in problems if not p.startswith("signingCredential.untrusted")]
     return Credentials("invalid" if serious else "valid", problems, generated, generation, signer, active)

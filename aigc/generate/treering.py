@@ -51,14 +51,14 @@ class TreeRingKey:
             raise AigcError(f"{where}: key: expected 64 lowercase hex digits")
         if self.scheme != "treering":
             raise AigcError(f"{where}: scheme = {self.scheme!r}: expected 'treering'")
-        if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
+        if isinstance(self.image_size, bool) or not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
             raise AigcError(f"{where}: image_size = {self.image_size!r}: expected the model's image side, 8 to 4096")
-        if not (isinstance(self.channels, int) and 1 <= self.channels <= 16):
+        if isinstance(self.channels, bool) or not (isinstance(self.channels, int) and 1 <= self.channels <= 16):
             raise AigcError(f"{where}: channels = {self.channels!r}: expected the model's channels, 1 to 16")
-        if not (isinstance(self.radius, int) and 1 <= self.radius < self.image_size // 2):
+        if isinstance(self.radius, bool) or not (isinstance(self.radius, int) and 1 <= self.radius < self.image_size // 2):
             raise AigcError(f"{where}: radius = {self.radius!r}: expected an integer from 1 to "
                             f"{self.image_size // 2 - 1}")
-        if not (isinstance(self.channel, int) and 0 <= self.channel < self.channels):
+        if isinstance(self.channel, bool) or not (isinstance(self.channel, int) and 0 <= self.channel < self.channels):
             raise AigcError(f"{where}: channel = {self.channel!r}: expected 0 to {self.channels - 1}")
 
     def check_model(self, config) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from aigc.atomic import read_json, write_text
+from aigc.atomic import read_json, write_private
 from aigc.errors import AigcError
 from aigc.generate.treering import TreeRingKey
 
@@ -63,13 +63,13 @@ class WatermarkKey:
             raise AigcError(f"{where}: key: expected 64 lowercase hex digits")
         if self.scheme not in SCHEMES:
             raise AigcError(f"{where}: scheme = {self.scheme!r}: expected one of {', '.join(SCHEMES)}")
-        if not (isinstance(self.gamma, (int, float)) and 0 < self.gamma < 1):
+        if isinstance(self.gamma, bool) or not (isinstance(self.gamma, (int, float)) and 0 < self.gamma < 1):
             raise AigcError(f"{where}: gamma = {self.gamma!r}: expected a number in (0, 1)")
-        if not (isinstance(self.delta, (int, float)) and 0 <= self.delta <= 20):
+        if isinstance(self.delta, bool) or not (isinstance(self.delta, (int, float)) and 0 <= self.delta <= 20):
             raise AigcError(f"{where}: delta = {self.delta!r}: expected a number from 0 to 20")
-        if not (isinstance(self.context, int) and 1 <= self.context <= 8):
+        if isinstance(self.context, bool) or not (isinstance(self.context, int) and 1 <= self.context <= 8):
             raise AigcError(f"{where}: context = {self.context!r}: expected an integer from 1 to 8")
-        if not (isinstance(self.vocab_size, int) and self.vocab_size >= 2):
+        if isinstance(self.vocab_size, bool) or not (isinstance(self.vocab_size, int) and self.vocab_size >= 2):
             raise AigcError(f"{where}: vocab_size = {self.vocab_size!r}: expected the tokenizer's vocabulary size")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise AigcError(f"{where}: tokenizer: expected the tokenizer's fingerprint")
@@ -93,8 +93,12 @@ def new_key(tokenizer, scheme: str = "lefthash", gamma: float = 0.25, delta: flo
 
 
 def save_key(key: "WatermarkKey | TreeRingKey", path: str | Path) -> None:
-    """Write the key file (JSON) atomically."""
-    write_text(path, json.dumps(asdict(key), indent=2) + "\n")
+    """Write the key file (JSON) atomically, readable by its owner only, never over an existing file.
+
+    Raises:
+        AigcError: ``path`` exists or cannot be written.
+    """
+    write_private(path, (json.dumps(asdict(key), indent=2) + "\n").encode("utf-8"))
 
 
 def load_key(path: str | Path):

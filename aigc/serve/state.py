@@ -76,6 +76,13 @@ class Served:
     created: dict[str, int]
     policy: Policy | None = None
 
+    def check_logprobs(self, wanted: bool) -> None:
+        """Raises APIError 400 when log-probabilities of generated tokens are asked under an output policy
+        (they would spell out text the policy cuts)."""
+        if wanted and self.policy is not None and self.policy.checks_outputs:
+            raise APIError(400, "logprobs: not offered for generated tokens on this server (its content policy "
+                           "checks outputs); scoring a prompt (echo with max_tokens 0) still works", param="logprobs")
+
     def check_prompt(self, texts: list[str], param: str) -> None:
         """Refuse prompt ``texts`` the content policy refuses.
 

@@ -22,13 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from aigc.config import SampleConfig
 from aigc.data.chat import check_messages
 from aigc.data.fim import fim_token_ids
-from aigc.generate.engine import BatchEngine
 from aigc.evaluate.watermark import detect
+from aigc.generate.engine import BatchEngine
 from aigc.generate.logprobs import TokenLogprob
 from aigc.generate.text import GenerationStep, Prompt, TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
 from aigc.serve.logprobs import chat_logprobs, check_top, completion_logprobs
+from aigc.serve.policy import OutputFilter
 from aigc.serve.prompts import encode_infill, encode_prompt, settings_of, token_prompt
 from aigc.serve.scheduler import Job
 from aigc.serve.state import Served, check_seed, get_served, watch_disconnect
@@ -62,10 +63,14 @@ class Choices:
         prompt_scores: per prompt index, its tokens' log-probabilities (echo + logprobs).
     """
 
-    def __init__(self, served: Served, name: str, job: Job, prompts: int, n: int, generate: bool = True):
+    def __init__(self, served: Served, name: str, job: Job, prompts: int, n: int, generate: bool = True,
+                 contexts: list[str] | None = None):
         self.metrics, self.name, self.job, self.n, self.generate = served.metrics, name, job, n, generate
-        self.policy = served.policy
         total = prompts * n
+        policy = served.policy
+        self.filter = None
+        if policy is not None and policy.checks_outputs:  # outputs checked with the end of their prompt
+            self.filter = OutputFilter(policy, [(contexts or [""] * prompts)[c // n] for c in range(total)])
         self.texts: list[str] = [""] * total
         self.finish: list[str | None] = [None] * total
         self.tokens = [0] * total
@@ -93,8 +98,11 @@ class Choices:
                 self.first = False
                 self.metrics.ttft.labels(self.name).observe(time.perf_counter() - self.job.submitted)
             self.tokens[c] = step.tokens[i]
-            if piece and self.policy is not None and self._refused(c, piece):
-                piece, fin, new = "", "content_filter", []  # cut before the piece that made it match
+            if self.filter is not None:
+                piece, refusal = self.filter.feed(c, piece, bool(fin))
+                if refusal is not None:
+                    fin, new = "content_filter", []
+                    self.metrics.policy_refusals.labels("output", refusal.reason).inc()
             self.scored[c] += new
             self.texts[c] += piece
             if fin:
@@ -102,29 +110,21 @@ class Choices:
                 self.metrics.generation_tokens.labels(self.name).inc(step.tokens[i])
             if piece or fin or new:
                 changed.append((c, piece, fin, new))
-        return changed
-
-    def _refused(self, c: int, piece: str) -> bool:
-        """Does choice ``c`` with ``piece`` added match the content policy? Counted; the job is cancelled
-        once every choice has finished."""
-        refusal = self.policy.check(self.texts[c] + piece, "output")
-        if refusal is None:
-            return False
-        self.metrics.policy_refusals.labels("output", refusal.reason).inc()
-        if all(f for k, f in enumerate(self.finish) if k != c):
+        if "content_filter" in self.finish and all(self.finish):
             self.job.filtered = True
-            self.job.cancel()  # nothing left to generate for this request
-        return True
+            self.job.cancel()  # every choice is done; the filtered ones need no more tokens
+        return changed
 
 
 async def run_text(request: Request, served: Served, name: str, prompts: list[Prompt], n: int, seed: int | None,
                    settings: SampleConfig, stream: bool, make_chunk, make_response, include_usage: bool,
-                   score: int | None = None, generate: bool = True):
+                   score: int | None = None, generate: bool = True, contexts: list[str] | None = None):
     """Submit a text job for model ``name``; return an SSE StreamingResponse or the whole JSON response.
 
     ``make_response(choices, usage)`` shapes the JSON body from a :class:`Choices`; ``make_chunk(event)``
     an SSE chunk: None for the opening chunks (a list), ``(choice, piece, finish, scored tokens)`` or
-    ``("usage", usage)``. ``score`` and ``generate``: see :func:`text_job`.
+    ``("usage", usage)``. ``score`` and ``generate``: see :func:`text_job`. ``contexts``: per prompt, the
+    text an output continues (checked with it by the content policy).
 
     Raises:
         APIError: 429 when the queue is full.
@@ -134,7 +134,7 @@ async def run_text(request: Request, served: Served, name: str, prompts: list[Pr
                                  score, generate))
     prompt_tokens = sum(len(p.ids) for p in prompts)
     served.metrics.prompt_tokens.labels(name).inc(prompt_tokens)
-    choices = Choices(served, name, job, len(prompts), n, generate)
+    choices = Choices(served, name, job, len(prompts), n, generate, contexts)
     if not stream:
         watcher = asyncio.create_task(watch_disconnect(request, job))
         try:
@@ -186,6 +186,7 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
         raise APIError(400, "best_of is not supported (only best_of = n)", param="best_of")
     check_top(req.logprobs, "logprobs")
     generate = req.max_tokens != 0
+    served.check_logprobs(req.logprobs is not None and generate)
     if not generate and not (req.echo and req.logprobs is not None and req.suffix is None):
         raise APIError(400, "max_tokens = 0: only with echo and logprobs, without suffix (to score the prompt)",
                        param="max_tokens")
@@ -244,7 +245,7 @@ async def completions(req: P.CompletionRequest, request: Request, served: Served
         return {**base, "choices": [{"index": c, "text": piece, "logprobs": logprobs, "finish_reason": fin}]}
 
     return await run_text(request, served, req.model, prompts, n, req.seed, settings, bool(req.stream),
-                          make_chunk, make_response, include_usage(req), echo_scores, generate)
+                          make_chunk, make_response, include_usage(req), echo_scores, generate, texts)
 
 
 @router.post("/v1/chat/completions")
@@ -262,7 +263,9 @@ async def chat_completions(req: P.ChatRequest, request: Request, served: Served 
     check_top(req.top_logprobs, "top_logprobs")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs: only with logprobs = true", param="top_logprobs")
-    served.check_prompt([m["content"] for m in check_messages(req.messages)], "messages")
+    messages = check_messages(req.messages)
+    served.check_prompt([m["content"] for m in messages], "messages")
+    served.check_logprobs(bool(req.logprobs))
     text = tm.render_chat(req.messages)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     settings = tm.turn_end(await run_in_threadpool(settings_of, req, tm, max_tokens, served.limits, bool(req.logprobs),
@@ -291,7 +294,7 @@ async def chat_completions(req: P.ChatRequest, request: Request, served: Served 
                                      "finish_reason": fin}]}
 
     return await run_text(request, served, req.model, prompts, req.n, req.seed, settings, bool(req.stream),
-                          make_chunk, make_response, include_usage(req))
+                          make_chunk, make_response, include_usage(req), contexts=[messages[-1]["content"]])
 
 
 @router.post("/v1/detect")
