@@ -3,6 +3,9 @@ the checker on real poems and on broken ones."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from aigc.data.poetry import FORMS, check, form_named, line_pattern, poem_lines, templates
@@ -118,8 +121,8 @@ def test_poem_bad_input(tang, capsys):
 
     with pytest.raises(AigcError, match="acrostic character '𠀋' is not in the model's vocabulary"):
         write_poems(tang, "春", "五绝", acrostic="春𠀋秋冬")
-    with pytest.raises(AigcError, match="4 characters; a 七言律诗 has 8 lines"):
-        write_poems(tang, "春", "七律", acrostic="春夏秋冬")
+    with pytest.raises(AigcError, match="5 characters; a 五言绝句 has 4 lines"):
+        write_poems(tang, "春", "五绝", acrostic="春夏秋冬雪")
     with pytest.raises(AigcError, match="the model's context is"):
         write_poems(tang, "春" * 120, "七律")
     with pytest.raises(AigcError, match="no tonal template of the 五言绝句 fits"):
@@ -130,3 +133,40 @@ def test_poem_bad_input(tang, capsys):
         code = main(["poem", "tang-base", *args])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_instructions_are_parsed_for_form_theme_and_acrostic():
+    from aigc.data.poetry import parse_instruction
+
+    assert parse_instruction("写一首关于秋天的七言绝句") == {"form": "七言绝句", "theme": "秋天", "acrostic": ""}
+    assert parse_instruction("以“春风”为题写一首藏头诗") == {"form": "七言绝句", "theme": "春风", "acrostic": "春风"}
+    assert parse_instruction("写一首五律，藏头：春夏秋冬") == {"form": "五言律诗", "theme": "春夏秋冬", "acrostic": "春夏秋冬"}
+    assert parse_instruction("写一首藏头诗，藏头为春夏秋冬")["acrostic"] == "春夏秋冬"
+    assert parse_instruction("请写一首咏梅的五绝") == {"form": "五言绝句", "theme": "梅", "acrostic": ""}
+    assert parse_instruction("以明月为题写一首律诗")["form"] == "七言律诗"
+    assert parse_instruction("今天天气怎么样") is None and parse_instruction("写一首诗") is None
+
+
+def test_the_server_and_chat_keep_the_form_asked_for(tang):
+    from fastapi.testclient import TestClient
+
+    from aigc.serve.app import create_app
+
+    c = TestClient(create_app({"poems": tang}))
+    r = c.post("/v1/poems", json={"model": "poems", "theme": "秋天的落叶", "form": "五律", "n": 2, "seed": 1})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert len(data) == 2 and all(d["form_ok"] and d["rhyme_ok"] and d["tone"] == 1.0 for d in data)
+    assert data[0]["score"] >= data[1]["score"] and check(data[0]["text"], "五律").ok
+    r = c.post("/v1/chat/completions", json={"model": "poems", "seed": 2, "messages": [
+        {"role": "user", "content": "以“春风”为题写一首藏头诗"}]})
+    poem = r.json()["choices"][0]["message"]["content"]
+    assert check(poem, "七绝").ok and [x[0] for x in poem_lines(poem)[1][:2]] == ["春", "风"], poem
+    for bad, param in (({"form": "六绝"}, "form"), ({"acrostic": "春𠀋"}, "acrostic"), ({"theme": "春𠀋"}, "theme")):
+        r = c.post("/v1/poems", json={"model": "poems", "theme": "秋", **bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    out = subprocess.run([sys.executable, "-m", "aigc", "chat", "tang-base", "--seed", "3", "--threads", "1"],
+                         input="写一首关于秋天的五言绝句\n", capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    reply = out.stdout.split("\n", 1)[1].strip()
+    assert reply.startswith("秋天\n") and check(reply, "五绝").ok and "keeps the rules" in out.stderr

@@ -8,6 +8,7 @@ import sys
 from aigc.api import load
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
 from aigc.config import SampleConfig
+from aigc.generate.poem import poems_for_instruction
 from aigc.errors import AigcError
 from aigc.folders import folder_kind
 from aigc.generate.images import ImageModel
@@ -103,6 +104,14 @@ def _reply(model: TextModel, settings: SampleConfig, system: str | None, history
     """Stream one reply to stdout; return its text, or None when it failed or was interrupted
     (interactive only: with a pipe the error ends the command)."""
     try:
+        poems = poems_for_instruction(model, user["content"], 1, seed)  # 写一首关于秋天的七言绝句: the form is kept
+        if poems is not None:
+            v = poems[0]["verdict"]
+            print(poems[0]["text"], end="", flush=True)
+            print(f"\n[{'keeps the rules' if v.ok else '; '.join(v.problems)}: {v.template}, rhyme {v.group}]",
+                  file=sys.stderr)
+            print("" if interactive else "\n", flush=True)
+            return poems[0]["text"]
         text = _chat_prompt(model, system, history, user, settings.max_new_tokens)
         reply = ""
         for piece in model.stream(text, seed=seed, settings=settings, token_healing=False):

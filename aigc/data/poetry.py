@@ -21,6 +21,7 @@ character. Characters of both tones fit either.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from aigc.data.rhyme import PING, ZE, RhymeTables, rhyme_tables
@@ -185,5 +186,46 @@ def _shared_group(tables: RhymeTables, ends: list[str]) -> str | None:
     return min(shared) if shared else None
 
 
-__all__ = ["FORMS", "Form", "Verdict", "check", "form_named", "line_pattern", "poem_lines", "required_positions",
+_FORM_WORDS = [("五言绝句", "五言绝句"), ("七言绝句", "七言绝句"), ("五言律诗", "五言律诗"), ("七言律诗", "七言律诗"),
+               ("五绝", "五言绝句"), ("七绝", "七言绝句"), ("五律", "五言律诗"), ("七律", "七言律诗"),
+               ("绝句", "七言绝句"), ("律诗", "七言律诗")]
+_QUOTED = re.compile(r"[“\"「『《]([^”\"」』》]{1,40})[”\"」』》]")
+_THEME = [re.compile(p) for p in (r"关于(.{1,20}?)的", r"以(.{1,20}?)为题", r"题为(.{1,20}?)(?:的|，|,|$)",
+                                   r"咏(.{1,20}?)的", r"写(?:一首)?(.{1,20}?)的")]
+_ACROSTIC = re.compile(r"藏头(?:诗)?[：:，, ]*(?:为|是)?[“\"「]?((?!藏头)[\u4e00-\u9fff]{2,8})[”\"」]?")
+
+
+def parse_instruction(text: str) -> dict | None:
+    """A request for a poem in plain Chinese -> ``{"form", "theme", "acrostic"}``, or None when ``text``
+    asks for no regulated verse (no form word and no 藏头).
+
+    ``写一首关于秋天的七言绝句`` gives 七言绝句 on 秋天; ``以“春风”为题写一首藏头诗`` a 七言绝句 whose lines
+    begin 春 and 风; ``写一首五律，藏头：春夏秋冬`` a 五言律诗 beginning 春夏秋冬. Without a form word a
+    藏头诗 is a 七言绝句, 绝句 alone is 七言, 律诗 alone 七言.
+    """
+    text = text.strip()
+    form = next((name for word, name in _FORM_WORDS if word in text), None)
+    wants_acrostic = "藏头" in text
+    if form is None and not wants_acrostic:
+        return None
+    form = form or "七言绝句"
+    quoted = _QUOTED.search(text)
+    theme = quoted.group(1).strip() if quoted else None
+    if theme is None:
+        for pattern in _THEME:
+            m = pattern.search(text)
+            if m and m.group(1).strip() and not any(w in m.group(1) for w, _ in _FORM_WORDS):
+                theme = m.group(1).strip()
+                break
+    acrostic = ""
+    if wants_acrostic:
+        found = list(_ACROSTIC.finditer(text))  # the last: "藏头诗，藏头为春夏秋冬"
+        acrostic = found[-1].group(1) if found else (theme or "")
+        acrostic = "".join(c for c in acrostic if "\u4e00" <= c <= "\u9fff")[:FORMS[form].lines]
+    if theme is None or theme.startswith("藏头"):
+        theme = acrostic or "无题"
+    return {"form": form, "theme": theme, "acrostic": acrostic}
+
+
+__all__ = ["parse_instruction", "FORMS", "Form", "Verdict", "check", "form_named", "line_pattern", "poem_lines", "required_positions",
            "templates", "PING", "ZE"]

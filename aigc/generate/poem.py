@@ -5,7 +5,7 @@ Before each character the sampler may draw only tokens that keep the poem inside
 (:mod:`aigc.data.poetry`): at a character position the CJK characters whose tone fits the
 sample's tonal template there (the checked positions; with the 一三五不论 leniency only the
 second, fourth, sixth and last), at a rhyming line's last position the 平 characters of the
-poem's rhyme group (fixed by the first rhyming line), then exactly ``，`` or ``。``, a newline after
+poem's rhyme group (fixed by the first rhyming line; no rhyme character twice), then exactly ``，`` or ``。``, a newline after
 each couplet, and the end of the document after the last. An acrostic (藏头诗) fixes each
 line's first character. A line of the training corpus is never completed verbatim: at a line's
 last position the characters that would finish one are masked. It works through the engine's
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from aigc.config import SampleConfig
-from aigc.data.poetry import Form, check, form_named, required_positions, templates
+from aigc.data.poetry import Form, check, form_named, parse_instruction, required_positions, templates
 from aigc.data.rhyme import PING, rhyme_tables
 from aigc.data.sources import DATASETS, jsonl_documents
 from aigc.errors import AigcError
@@ -104,6 +104,7 @@ class PoemState:
         self.at = [0] * n
         self.line = [""] * n  # each sample's current line
         self.group: list[set[str] | None] = [None] * n  # candidate rhyme groups once the first rhyme is drawn
+        self.rhymed: list[set[int]] = [set() for _ in range(n)]  # rhyme characters used (never twice: 重韵)
         self.checked = set(required_positions(form.chars, plan.lenient))
 
     def _rhymes(self, sample: int, line: int) -> bool:
@@ -112,7 +113,7 @@ class PoemState:
 
     def _char_mask(self, sample: int, line: int, pos: int) -> torch.Tensor:
         v, plan = self.v, self.plan
-        if plan.acrostic and pos == 0:
+        if pos == 0 and line < len(plan.acrostic):
             return v.only(plan.acrostic[line])
         mask = v.cjk.clone()
         if pos in self.checked:
@@ -124,6 +125,7 @@ class PoemState:
                 for g in (groups if groups is not None else v.groups):
                     rhyme |= v.groups[g]
                 mask &= rhyme
+                mask[list(self.rhymed[sample])] = False
             for ch in plan.forbidden.get(self.line[sample], ()):  # never complete a training line
                 if ch in v.ids:
                     mask[v.ids[ch]] = False
@@ -161,6 +163,7 @@ class PoemState:
                 if slot[2] == self.plan.form.chars - 1 and self._rhymes(s, slot[1]):
                     mine = {g for g in tables.shi_groups(ch) if tables.groups[g] == PING}
                     self.group[s] = mine if self.group[s] is None else self.group[s] & mine
+                    self.rhymed[s].add(tok)
                 self.line[s] += ch
             else:
                 self.line[s] = ""
@@ -206,8 +209,9 @@ def plan_poem(form: Form | str, n: int, seed: int, acrostic: str = "", lenient: 
     """
     form = form_named(form) if isinstance(form, str) else form
     if acrostic:
-        if len(acrostic) != form.lines:
-            raise AigcError(f"acrostic {acrostic!r}: {len(acrostic)} characters; a {form.name} has {form.lines} lines")
+        if len(acrostic) > form.lines:
+            raise AigcError(f"acrostic {acrostic!r}: {len(acrostic)} characters; a {form.name} has {form.lines} lines "
+                            "(an acrostic fixes the first characters of as many lines as it has characters)")
         if vocab is not None:
             missing = [c for c in acrostic if c not in vocab.ids or not vocab.cjk[vocab.ids[c]]]
             if missing:
@@ -216,7 +220,7 @@ def plan_poem(form: Form | str, n: int, seed: int, acrostic: str = "", lenient: 
     names = list(templates(form).values())
     if acrostic and not lenient:  # every character's tone is checked: the acrostic's must fit the template
         tables = rhyme_tables()
-        names = [t for t in names if all(t[k][0] in tables.tones(c) for k, c in enumerate(acrostic))]
+        names = [t for t in names if all(t[k][0] in tables.tones(c) for k, c in enumerate(acrostic))]  # noqa: E501
         if not names:
             raise AigcError(f"acrostic {acrostic!r}: no tonal template of the {form.name} fits the tones of its "
                             "characters when every position is checked (--strict); drop --strict or change a character")
@@ -264,3 +268,22 @@ def write_poems(tm, theme: str, form: Form | str, n: int = 4, seed: int = 0, acr
         score = sum(e.logprob for e in chars) / max(len(chars), 1)
         out.append({"text": text, "score": score, "verdict": check(text, form, lenient), "seed": seed + i})
     return sorted(out, key=lambda p: -p["score"])
+
+
+def poems_for_instruction(tm, text: str, n: int = 1, seed: int | None = None) -> list[dict] | None:
+    """Poems for a request in plain Chinese (:func:`aigc.data.poetry.parse_instruction`: 写一首关于秋天的
+    七言绝句), best first; None when ``text`` asks for no poem or ``tm`` is not a character model of poems.
+
+    Raises:
+        AigcError: a theme or acrostic character the model lacks, or constraints nothing meets.
+    """
+    order = parse_instruction(text)
+    if order is None:
+        return None
+    try:
+        poem_vocabulary(tm)
+    except AigcError:
+        return None
+    form = form_named(order["form"])
+    seed = random.randrange(2**31) if seed is None else seed
+    return write_poems(tm, order["theme"], form, n, seed, order["acrostic"], forbidden=shipped_lines(form.chars))

@@ -43,7 +43,7 @@ from aigc.folders import folder_kind
 from aigc.generate.engine import BatchEngine
 from aigc.generate.images import ImageModel
 from aigc.generate.text import TextModel
-from aigc.serve import images, text
+from aigc.serve import images, poems, text
 from aigc.serve.errors import APIError, install_error_handlers
 from aigc.serve.images import MAX_SCALE, class_of_prompt, sizes
 from aigc.serve.middleware import Guard, Metrics, require_key
@@ -118,6 +118,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     app.include_router(model_routes, dependencies=keyed)
     app.include_router(text.router, dependencies=keyed)
     app.include_router(images.router, dependencies=keyed)
+    app.include_router(poems.router, dependencies=keyed)
     return app
 
 

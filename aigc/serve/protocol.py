@@ -72,6 +72,20 @@ class ChatRequest(SamplingFields):
     function_call: str | dict | None = None
 
 
+class PoemRequest(Strict):
+    """``POST /v1/poems`` (an aigc extension): regulated verse titled ``theme`` in ``form`` (五言绝句,
+    七言绝句, 五言律诗, 七言律诗 or 五绝 ...), ``acrostic`` first characters, ``n`` candidates best first,
+    candidate i seeded ``seed + i``, ``strict`` to check every character's tone."""
+
+    model: str | None = None
+    theme: str = Field(min_length=1, max_length=100)
+    form: str = "七言绝句"
+    acrostic: str = Field(default="", max_length=8)
+    n: int = Field(default=1, ge=1, le=16)
+    seed: int | None = None
+    strict: bool = False
+
+
 class ImageRequest(Strict):
     """``POST /v1/images/generations``: ``prompt`` names the class of a conditional model. Diffusion
     models also take ``steps``, ``guidance_scale``, ``sampler``, ``eta`` and ``spacing`` (unset: the

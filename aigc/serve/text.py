@@ -29,6 +29,7 @@ from aigc.generate.text import GenerationStep, Prompt, TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
 from aigc.serve.logprobs import chat_logprobs, check_top, completion_logprobs
+from aigc.serve.poems import chat_poems
 from aigc.serve.policy import OutputFilter
 from aigc.serve.prompts import encode_infill, encode_prompt, settings_of, token_prompt
 from aigc.serve.scheduler import Job
@@ -266,6 +267,10 @@ async def chat_completions(req: P.ChatRequest, request: Request, served: Served 
     messages = check_messages(req.messages)
     served.check_prompt([m["content"] for m in messages], "messages")
     served.check_logprobs(bool(req.logprobs))
+    if messages[-1]["role"] == "user":  # 写一首关于秋天的七言绝句: a poem kept to its form, when the model writes poems
+        answer = await chat_poems(request, served, req, tm, messages[-1]["content"])
+        if answer is not None:
+            return answer
     text = tm.render_chat(req.messages)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     settings = tm.turn_end(await run_in_threadpool(settings_of, req, tm, max_tokens, served.limits, bool(req.logprobs),
