@@ -56,6 +56,35 @@ def test_typed_prompt_streams_text_into_the_page(page, tmp_path):
     page.screenshot(path=str(tmp_path / "text.png"))
 
 
+def test_a_poem_form_writes_a_poem_that_keeps_the_rules(browser, tmp_path):
+    from conftest import start_server
+
+    from aigc.data.poetry import check
+
+    proc, url = start_server({"tang-base": "tang-base"})
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+        assert page.is_visible("#poem-row")  # a character model of poems offers the forms
+        page.select_option("#poem-form", "五言绝句")
+        assert page.text_content("#prompt-label").startswith("Theme")
+        page.fill("#prompt", "明月")
+        page.fill("#acrostic", "明月")
+        page.fill("#seed", "2")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('text-stats').textContent.includes('checker:')",
+                               timeout=60_000)
+        poem = page.text_content("#output")
+        assert poem.startswith("明月\n") and check(poem, "五绝").ok, poem
+        assert poem.split("\n")[1].startswith("明") and "keeps the rules" in page.text_content("#text-stats")
+        page.screenshot(path=str(tmp_path / "poem.png"))
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def test_chat_model_keeps_the_conversation(page):
     page.select_option("#model", "chat")
     assert page.is_visible("#system") and page.is_visible("#clear")

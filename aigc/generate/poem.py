@@ -180,6 +180,15 @@ def poem_vocabulary(tm) -> PoemVocabulary:
     return _VOCABS[tm]
 
 
+def writes_poems(tm) -> bool:
+    """Can ``tm`` write constrained poems (a character vocabulary with ，。 and at least 500 characters of
+    the rhyme tables)?"""
+    try:
+        return int(poem_vocabulary(tm).cjk.sum()) >= 500
+    except AigcError:
+        return False
+
+
 def training_lines(docs: list[str], chars: int) -> dict[str, set[str]]:
     """Every line of ``chars`` characters in ``docs`` (poems as the corpus holds them), as prefix ->
     the last characters that complete one."""

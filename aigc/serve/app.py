@@ -5,7 +5,8 @@ Endpoints::
     GET  /                          the web page (static HTML/CSS/JS, works offline)
     GET  /health                    {"status": "ok", "models": [...]}
     GET  /metrics                   Prometheus text format
-    GET  /v1/models[/{id}]          the loaded models (with an "aigc" field: kind, chat, classes, sizes)
+    GET  /v1/models[/{id}]          the loaded models (with an "aigc" field: kind, chat, poems, classes, sizes)
+    POST /v1/poems                  regulated verse kept to its form (aigc.serve.poems)
     POST /v1/completions            text continuation; SSE with "stream": true
     POST /v1/chat/completions       chat models (a chat_template in tokenizer_config.json)
     POST /v1/images/generations     image models; "prompt" names the class of a conditional model
@@ -42,6 +43,7 @@ from aigc.errors import AigcError
 from aigc.folders import folder_kind
 from aigc.generate.engine import BatchEngine
 from aigc.generate.images import ImageModel
+from aigc.generate.poem import writes_poems
 from aigc.generate.text import TextModel
 from aigc.serve import images, poems, text
 from aigc.serve.errors import APIError, install_error_handlers
@@ -167,7 +169,7 @@ def describe(served: Served, name: str) -> dict:
     if isinstance(m, TextModel):
         extra = {"kind": "text", "family": m.family, "chat": m.chat is not None,
                  "chat_trained": m.chat is not None and (m.chat.trained or folder_kind(m.folder) == "hf"),
-                 "context_length": m.model.context_length,
+                 "context_length": m.model.context_length, "poems": writes_poems(m),
                  "defaults": {"temperature": m.defaults.temperature, "top_k": m.defaults.top_k,
                               "top_p": m.defaults.top_p, "max_tokens": m.defaults.max_new_tokens}}
     else:

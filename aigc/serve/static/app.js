@@ -97,9 +97,46 @@ function showModel() {
     $("system-row").hidden = !chat;
     $("history").hidden = !chat;
     $("clear").hidden = !chat;
-    $("prompt-label").textContent = chat ? "Message" : "Prompt";
-    $("prompt").placeholder = chat ? "Your message" : "Text to continue";
+    $("poem-row").hidden = chat || !m.aigc.poems;
+    showPoemForm();
     $("model-info").textContent = m.aigc.context_length ? `context ${m.aigc.context_length} tokens` : "";
+  }
+}
+
+function poemMode() {
+  const m = current();
+  return m && m.aigc.kind === "text" && !m.aigc.chat_trained && m.aigc.poems && $("poem-form").value !== "";
+}
+
+function showPoemForm() {
+  const chat = current().aigc.chat_trained, poem = poemMode();
+  $("prompt-label").textContent = chat ? "Message" : poem ? "Theme (the poem's title)" : "Prompt";
+  $("prompt").placeholder = chat ? "Your message" : poem ? "秋天的落叶" : "Text to continue";
+}
+
+async function generatePoem() {
+  const m = current();
+  const body = { model: m.id, theme: $("prompt").value.trim(), form: $("poem-form").value,
+                 acrostic: $("acrostic").value.trim(), n: 4, seed: number("seed") };
+  $("output").textContent = "";
+  $("text-stats").textContent = "";
+  $("generate").disabled = true;
+  status("writing 4 candidates…", true);
+  const start = performance.now();
+  try {
+    const response = await fetch("/v1/poems", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+    if (!response.ok) throw new Error(await errorOf(response));
+    const best = (await response.json()).data[0];
+    const ok = best.form_ok && best.rhyme_ok && best.tone === 1;
+    $("output").textContent = best.text;
+    $("text-stats").textContent = `checker: ${ok ? "keeps the rules" : "breaks a rule"} (${best.template}, ` +
+      `rhyme ${best.rhyme_group}); best of 4 by log-likelihood ${best.score.toFixed(3)} per character, ` +
+      `seed ${best.seed}; ${((performance.now() - start) / 1000).toFixed(2)} s`;
+    status("", true);
+  } catch (e) {
+    status("error: " + e.message);
+  } finally {
+    $("generate").disabled = false;
   }
 }
 
@@ -295,7 +332,8 @@ $("api-key").addEventListener("change", () => {
   localStorage.setItem("aigc-api-key", $("api-key").value);
   loadModels();
 });
-$("generate").addEventListener("click", generateText);
+$("generate").addEventListener("click", () => (poemMode() ? generatePoem() : generateText()));
+$("poem-form").addEventListener("change", showPoemForm);
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("clear").addEventListener("click", () => { history = []; renderHistory(); $("output").textContent = ""; });
 $("prompt").addEventListener("keydown", (e) => {
