@@ -25,7 +25,7 @@ from aigc.generate.treering import TreeRingKey
 from aigc.generate.watermark import load_key, save_key
 
 from conftest import CORES
-from test_ddpm import shapes, tiny, trained  # noqa: F401  (module fixtures: a tiny trained class-conditional DDPM)
+from test_ddpm import tiny
 
 
 def manifest_of(png: bytes) -> dict:
@@ -59,7 +59,7 @@ def assert_generated(png: bytes, **expected) -> None:
         assert json.loads(labels["org.aigc.generation"]["provenance"])[k] == v
 
 
-def test_every_png_aigc_writes_carries_valid_credentials(trained, tmp_path):  # noqa: F811
+def test_every_png_aigc_writes_carries_valid_credentials(trained, tmp_path):
     from fastapi.testclient import TestClient
 
     from aigc.serve.app import create_app
@@ -77,7 +77,7 @@ def test_every_png_aigc_writes_carries_valid_credentials(trained, tmp_path):  # 
     assert_generated(base64.b64decode(r.json()["data"][0]["b64_json"]), seed=3)
 
 
-def test_detect_reads_verifies_and_tells_apart_plain_and_tampered_images(trained, tmp_path, capsys):  # noqa: F811
+def test_detect_reads_verifies_and_tells_apart_plain_and_tampered_images(trained, tmp_path, capsys):
     out = tmp_path / "made.png"
     assert main(["sample", str(trained), "--n", "1", "--seed", "1", "--out", str(out), "--threads", str(CORES)]) == 0
     capsys.readouterr()
@@ -132,7 +132,7 @@ def test_ddim_inversion_undoes_the_sampler():
     assert (invert(model, x, 10, refine=2) - x_t).abs().max() < 1e-3  # solved at each step: exact
 
 
-def test_keygen_sample_and_detect_an_image_watermark(trained, tmp_path, capsys):  # noqa: F811
+def test_keygen_sample_and_detect_an_image_watermark(trained, tmp_path, capsys):
     key = tmp_path / "image.key"
     assert main(["keygen", str(trained), "--out", str(key)]) == 0
     k = load_key(key)
@@ -151,7 +151,7 @@ def test_keygen_sample_and_detect_an_image_watermark(trained, tmp_path, capsys):
     assert code == (0 if d["verdict"] == "watermarked" else 3) and np.isfinite(d["z"]) and 0 <= d["p_value"] <= 1
 
 
-def test_image_watermark_and_credentials_bad_input(trained, tmp_path, capsys):  # noqa: F811
+def test_image_watermark_and_credentials_bad_input(trained, tmp_path, capsys):
     key = tmp_path / "image.key"
     save_key(TreeRingKey("ab" * 32, "treering", 4, 0, 32, 1), key)
     bad = tmp_path / "bad.key"

@@ -20,10 +20,9 @@ from aigc.generate.schedulers import SAMPLERS, NoiseSchedule, make_sampler
 from aigc.models.ddpm import DDPM, DDPMConfig
 from aigc.train import objectives
 
-from conftest import CORES, run_cli
+from conftest import CORES, T, ddpm_config, run_cli
 from test_images import shapes_dataset
 
-T = 100  # training timesteps of the tiny models here
 
 
 def tiny(conditioning: str = "class", **kw) -> DDPM:
@@ -32,36 +31,6 @@ def tiny(conditioning: str = "class", **kw) -> DDPM:
     cfg = DDPMConfig(image_size=8, base_channels=8, channel_mults=[1, 2], blocks_per_level=1, heads=2, groups=4,
                      timesteps=T, conditioning=conditioning, n_classes=len(classes), classes=classes, **kw)
     return DDPM(cfg).eval()
-
-
-def ddpm_config(tmp_path: Path, source: Path, steps: int, **train) -> Path:
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in train.items())
-    text = (f'[data]\nsource = "{source}"\nprepared_dir = "{tmp_path / "prepared"}"\n\n'
-            '[model]\nfamily = "ddpm"\nbase_channels = 8\nchannel_mults = [1, 2]\nblocks_per_level = 1\n'
-            f'heads = 2\ngroups = 4\ntimesteps = {T}\nconditioning = "class"\nema_decay = 0.9\n\n'
-            f'[train]\nout_dir = "{tmp_path / "run"}"\nbatch_size = 8\nmax_steps = {steps}\nwarmup_steps = 0\n'
-            f"lr = 2e-3\nmin_lr = 2e-3\neval_interval = {steps}\neval_batches = 1\nlog_interval = 1\ncheckpoint_interval = 3\n"
-            f"threads = {CORES}\n{extra}\n[sample]\nn = 4\nnrow = 2\nsteps = 3\n")
-    path = tmp_path / "ddpm.toml"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    x, y = shapes_dataset(64)
-    path = tmp_path_factory.mktemp("shapes-ddpm") / "shapes.npz"
-    np.savez(path, images=x, labels=y)
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes) -> Path:
-    """A tiny class-conditional ddpm trained 6 steps (checkpoints at 3 and 6)."""
-    tmp = tmp_path_factory.mktemp("ddpm-run")
-    r = run_cli("train", str(ddpm_config(tmp, shapes, 6)), "--quiet")
-    assert r.returncode == 0, r.stderr
-    return tmp / "run"
 
 
 # ---------------------------------------------------------------- the scheduler contract
