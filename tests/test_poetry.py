@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from aigc.data.rhyme import PING, ZE, rhyme_tables
 from aigc.errors import AigcError
 
 from conftest import tang_documents
+
+DATA = Path(__file__).resolve().parents[1] / "aigc" / "data" / "builtin"
 
 
 def test_table_lookups_on_known_characters():
@@ -170,3 +173,29 @@ def test_the_server_and_chat_keep_the_form_asked_for(tang):
     assert out.returncode == 0, out.stderr
     reply = out.stdout.split("\n", 1)[1].strip()
     assert reply.startswith("秋天\n") and check(reply, "五绝").ok and "keeps the rules" in out.stderr
+
+
+def test_ci_tunes_come_from_the_song_ci_and_a_ci_keeps_its_tune(tang):
+    import json as _json
+
+    from aigc.data.poetry import check_ci, tune_named, tunes
+    from aigc.generate.poem import forbidden_lines, write_poems
+
+    known = tunes()
+    assert len(known) >= 20 and list(known)[0] == "浣溪沙"
+    xjy = tune_named("西江月")
+    assert [x["chars"] for x in xjy.lines] == [6, 6, 7, 6, 6, 6, 7, 6] and xjy.follow > 400
+    real = [_json.loads(line)["text"] for line in open(DATA / "xin-qiji-ci.jsonl", encoding="utf-8")]
+    real = [t for t in real if t.startswith("西江月\n")]
+    assert sum(check_ci(t, xjy).form_ok for t in real) / len(real) > 0.75  # Xin Qiji wrote to the pattern
+    ci = write_poems(tang, "秋天的落叶", xjy, n=1, seed=3, forbidden=forbidden_lines(xjy))[0]
+    assert ci["text"].startswith("西江月·秋天的落叶\n") and ci["verdict"].ok, (ci["text"], ci["verdict"].problems)
+    with pytest.raises(AigcError, match="tune '西江风': not one of the 30 known tunes: 浣溪沙, 水调歌头"):
+        tune_named("西江风")
+
+
+def test_a_form_and_a_tune_together_are_refused(capsys):
+    from aigc.cli import main
+
+    assert main(["poem", "tang-base", "--theme", "秋", "--form", "七绝", "--tune", "西江月"]) == 2
+    assert "--form and --tune: give one" in capsys.readouterr().err

@@ -9,12 +9,12 @@ import sys
 
 from aigc.api import load
 from aigc.cli.common import add_runtime_flags, check_seed, no_overrides, threads
-from aigc.data.poetry import ALIASES, FORMS, form_named
+from aigc.data.poetry import ALIASES, FORMS, form_named, tune_named, tunes
 from aigc.errors import AigcError
-from aigc.generate.poem import shipped_lines, write_poems
+from aigc.generate.poem import forbidden_lines, write_poems
 from aigc.generate.text import TextModel
 
-POEM = ("Write regulated verse (近体诗) titled THEME: the form's line lengths and punctuation, the tones of a "
+POEM = ("Write regulated verse (近体诗) titled THEME, or a ci to a tune (--tune): the form's line lengths and punctuation, the tones of a "
         "平仄 template (一三五不论 unless --strict) and a 平水韵 rhyme hold by construction; --acrostic fixes each "
         "line's first character; no line of the shipped tang-poems corpus is copied whole. The N candidates are "
         "printed best first by the model's mean log-likelihood per character, each with the checker's verdict.")
@@ -22,9 +22,11 @@ POEM = ("Write regulated verse (近体诗) titled THEME: the form's line lengths
 
 def poem_arguments(p) -> None:
     p.add_argument("model", help="a character model of poems (tang-base, or a run fine-tuned from it)")
-    p.add_argument("--theme", required=True, help="the title (the poem follows it), e.g. 秋天的落叶 or 秋 落叶")
-    p.add_argument("--form", default="七言绝句", help=f"one of {', '.join(FORMS)} (or {', '.join(ALIASES)}); "
-                   "default 七言绝句")
+    p.add_argument("--theme", help="the title (the poem follows it), e.g. 秋天的落叶 or 秋 落叶")
+    p.add_argument("--form", help=f"one of {', '.join(FORMS)} (or {', '.join(ALIASES)}); default 七言绝句")
+    p.add_argument("--tune", help="a ci tune (词牌) instead of a form, e.g. 西江月, 浣溪沙, 卜算子: the line lengths, "
+                   "rhyme positions and fixed tones of the Song ci in that tune; --list-tunes shows them")
+    p.add_argument("--list-tunes", action="store_true", help="list the known tunes and exit")
     p.add_argument("--acrostic", default="", help="藏头诗: the first character of each line, e.g. 秋天落叶")
     p.add_argument("--n", type=int, default=4, help="candidates (default 4, at most 32)")
     p.add_argument("--seed", type=int, help="seed: candidate i uses seed + i")
@@ -37,10 +39,17 @@ def poem_arguments(p) -> None:
 
 def run_poem(args, overrides: list[str]) -> int:
     no_overrides("poem", overrides)
+    if args.list_tunes:
+        for t in tunes().values():
+            print(f"{t.name}\t{len(t.lines)} clauses, {sum(x['rhyme'] for x in t.lines)} rhymed ({t.rhyme_tone}); "
+                  f"{t.follow} of {t.ci} Song ci follow this pattern")
+        return 0
+    if args.form and args.tune:
+        raise AigcError("--form and --tune: give one (a regulated-verse form, or a ci tune)")
     if not 1 <= args.n <= 32:
         raise AigcError(f"--n {args.n}: expected 1 to 32 candidates")
     check_seed(args.seed)
-    theme = args.theme.strip()
+    theme = (args.theme or "").strip()
     if not theme or "\n" in theme:
         raise AigcError("--theme: expected one line of text (the poem's title)")
     threads(args.threads)
@@ -51,8 +60,8 @@ def run_poem(args, overrides: list[str]) -> int:
     if missing:
         raise AigcError(f"--theme: character {missing[0]!r} is not in the model's vocabulary")
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
-    form = form_named(args.form)
-    forbidden = shipped_lines(form.chars)
+    form = tune_named(args.tune) if args.tune else form_named(args.form or "七言绝句")
+    forbidden = forbidden_lines(form)
     settings = tm.settings(temperature=args.temperature) if args.temperature is not None else None
     poems = write_poems(tm, theme, form, args.n, seed, args.acrostic, not args.strict, forbidden, settings)
     for rank, p in enumerate(poems, 1):

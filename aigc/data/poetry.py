@@ -21,8 +21,11 @@ character. Characters of both tones fit either.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aigc.data.rhyme import PING, ZE, RhymeTables, rhyme_tables
 from aigc.errors import AigcError
@@ -92,7 +95,7 @@ def required_positions(chars: int, lenient: bool) -> list[int]:
     return sorted({i for i in range(chars) if i % 2 == 1} | {chars - 1})
 
 
-def poem_lines(text: str) -> tuple[str, list[str], list[str]]:
+def poem_lines(text: str, marks: str = "，。？！；") -> tuple[str, list[str], list[str]]:
     """Split a poem into (title, lines without punctuation, the punctuation after each line).
 
     The title is the first line when the text has a line without ``，`` or ``。``; each remaining line
@@ -100,20 +103,20 @@ def poem_lines(text: str) -> tuple[str, list[str], list[str]]:
     """
     rows = [r.strip() for r in text.strip().split("\n") if r.strip()]
     title = ""
-    if rows and not any(p in rows[0] for p in "，。？！；"):
+    if rows and not any(p in rows[0] for p in marks):
         title, rows = rows[0], rows[1:]
-    lines, marks, cur = [], [], ""
+    lines, found, cur = [], [], ""
     for ch in "".join(rows):
-        if ch in "，。？！；":
+        if ch in marks:
             lines.append(cur)
-            marks.append(ch)
+            found.append(ch)
             cur = ""
         else:
             cur += ch
     if cur:
         lines.append(cur)
-        marks.append("")
-    return title, lines, marks
+        found.append("")
+    return title, lines, found
 
 
 @dataclass
@@ -186,6 +189,72 @@ def _shared_group(tables: RhymeTables, ends: list[str]) -> str | None:
     return min(shared) if shared else None
 
 
+TUNES_PATH = Path(__file__).parent / "builtin" / "ci-tunes.json"
+_CI_MARKS = {"，": "，", "、": "，", "：": "，", "。": "。", "？": "。", "！": "。", "；": "。"}
+
+
+@dataclass(frozen=True)
+class Tune:
+    """A ci tune (词牌) as the Song ci write it (``scripts/build_ci_tunes.py``): its clauses (chars, mark ，
+    or 。, rhyme, tones 平/仄/中 per position), the tone of its main rhyme, how many ci it was read from
+    and how many follow this pattern."""
+
+    name: str
+    ci: int
+    follow: int
+    rhyme_tone: str
+    lines: tuple
+
+
+@functools.lru_cache(maxsize=1)
+def tunes() -> dict[str, Tune]:
+    """The shipped ci tunes, most written first."""
+    raw = json.loads(TUNES_PATH.read_text(encoding="utf-8"))["tunes"]
+    return {name: Tune(name, t["ci"], t["follow"], t["rhyme_tone"], tuple(t["lines"])) for name, t in raw.items()}
+
+
+def tune_named(name: str) -> Tune:
+    """The tune called ``name``.
+
+    Raises:
+        AigcError: an unknown tune, listing the known ones.
+    """
+    known = tunes()
+    if name not in known:
+        raise AigcError(f"tune {name!r}: not one of the {len(known)} known tunes: {', '.join(known)}")
+    return known[name]
+
+
+def check_ci(text: str, tune: Tune | str, tables: RhymeTables | None = None) -> Verdict:
+    """Check a ci against ``tune``: its clauses' lengths and marks (，、： as ，; 。？！； as 。), the
+    rhyme (the rhyme clauses' last characters share a 词林正韵 部 of the tune's rhyme tone) and the
+    tones at the tune's fixed positions."""
+    tune = tune_named(tune) if isinstance(tune, str) else tune
+    tables = tables or rhyme_tables()
+    _, lines, marks = poem_lines(text, marks="".join(_CI_MARKS))
+    marks = [_CI_MARKS.get(m, m) for m in marks]
+    problems = []
+    want = [(x["chars"], x["mark"]) for x in tune.lines]
+    if list(zip(map(len, lines), marks)) != want:
+        problems.append(f"clauses {[len(x) for x in lines]} do not follow {tune.name}: {[n for n, _ in want]} "
+                        f"with its marks")
+        return Verdict(False, False, 0.0, None, None, problems)
+    fixed = [(k, i, t) for k, x in enumerate(tune.lines) for i, t in enumerate(x["tones"]) if t in (PING, ZE)]
+    hits = sum(t in tables.tones(lines[k][i]) for k, i, t in fixed)
+    tone = hits / len(fixed) if fixed else 1.0
+    shared = None
+    for k, x in enumerate(tune.lines):
+        if x["rhyme"]:
+            mine = {p for p in tables.ci_parts(lines[k][-1]) if p.endswith(tune.rhyme_tone)}
+            shared = mine if shared is None else shared & mine
+    group = min(shared) if shared else None
+    if group is None:
+        problems.append("the rhyme clauses end in characters of no common 词林正韵 部")
+    if tone < 1:
+        problems.append(f"tones: {tone:.0%} of the fixed positions fit {tune.name}")
+    return Verdict(True, group is not None, tone, tune.name, group, problems)
+
+
 _FORM_WORDS = [("五言绝句", "五言绝句"), ("七言绝句", "七言绝句"), ("五言律诗", "五言律诗"), ("七言律诗", "七言律诗"),
                ("五绝", "五言绝句"), ("七绝", "七言绝句"), ("五律", "五言律诗"), ("七律", "七言律诗"),
                ("绝句", "七言绝句"), ("律诗", "七言律诗")]
@@ -227,5 +296,5 @@ def parse_instruction(text: str) -> dict | None:
     return {"form": form, "theme": theme, "acrostic": acrostic}
 
 
-__all__ = ["parse_instruction", "FORMS", "Form", "Verdict", "check", "form_named", "line_pattern", "poem_lines", "required_positions",
+__all__ = ["Tune", "check_ci", "tune_named", "tunes", "parse_instruction", "FORMS", "Form", "Verdict", "check", "form_named", "line_pattern", "poem_lines", "required_positions",
            "templates", "PING", "ZE"]

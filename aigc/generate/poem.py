@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from aigc.config import SampleConfig
-from aigc.data.poetry import Form, check, form_named, parse_instruction, required_positions, templates
+from aigc.data.poetry import (FORMS, Form, Tune, check, check_ci, form_named, parse_instruction, required_positions,
+                               templates, tunes)
 from aigc.data.rhyme import PING, rhyme_tables
 from aigc.data.sources import DATASETS, jsonl_documents
 from aigc.errors import AigcError
@@ -67,6 +68,8 @@ class PoemVocabulary:
             for g in tables.shi_groups(t):
                 if tables.groups[g] == PING:
                     self.groups.setdefault(g, torch.zeros(vocab, dtype=torch.bool))[i] = True
+            for part in tables.ci_parts(t):  # 词林正韵 部 with tone: 第一部平
+                self.groups.setdefault(part, torch.zeros(vocab, dtype=torch.bool))[i] = True
         self.texts = texts
 
     def only(self, text: str) -> torch.Tensor:
@@ -77,15 +80,29 @@ class PoemVocabulary:
 
 
 @dataclass
-class PoemPlan:
-    """What every sample must be: ``form``, one template per sample, the acrostic characters (or ""),
-    the tone leniency, and the training lines never to complete (prefix -> last characters)."""
+class LineSpec:
+    """One line (clause) of a poem: ``chars`` characters, then ``mark`` (， or 。); ``rhyme``: its last
+    character rhymes; ``tones``: per position 平, 仄 or 中 (free)."""
 
-    form: Form
-    templates: list[list[str]]
+    chars: int
+    mark: str
+    rhyme: bool
+    tones: str
+
+
+@dataclass
+class PoemPlan:
+    """What every sample must be: its lines (one list per sample: the same lengths and marks, each
+    sample's own tonal template), the rhyme table (``shi``: 平 groups of the 平水韵; ``ci``: the 词林正韵
+    部 of tone ``ci_tone``), the acrostic characters (or ""), and the training lines never to complete
+    (prefix -> last characters). ``name``: the form or tune, for the checker."""
+
+    name: str
+    lines: list[list[LineSpec]]
+    rhyme: str
     acrostic: str
-    lenient: bool
     forbidden: dict[str, set[str]]
+    ci_tone: str = PING
 
 
 class PoemState:
@@ -93,36 +110,45 @@ class PoemState:
 
     def __init__(self, vocab: PoemVocabulary, plan: PoemPlan):
         self.v, self.plan = vocab, plan
-        form = plan.form
         self.slots: list[tuple] = []  # ("char", line, position) | ("mark", text) | ("end",)
-        for line in range(form.lines):
-            self.slots += [("char", line, i) for i in range(form.chars)]
-            self.slots.append(("mark", "，" if line % 2 == 0 else "。"))
-            if line % 2 == 1:
-                self.slots.append(("mark", "\n") if line < form.lines - 1 else ("end",))
-        n = len(plan.templates)
+        specs = plan.lines[0]
+        for k, spec in enumerate(specs):
+            self.slots += [("char", k, i) for i in range(spec.chars)]
+            self.slots.append(("mark", spec.mark))
+            if spec.mark == "。":
+                self.slots.append(("mark", "\n") if k < len(specs) - 1 else ("end",))
+        if specs[-1].mark != "。":
+            self.slots.append(("end",))
+        n = len(plan.lines)
         self.at = [0] * n
         self.line = [""] * n  # each sample's current line
         self.group: list[set[str] | None] = [None] * n  # candidate rhyme groups once the first rhyme is drawn
         self.rhymed: list[set[int]] = [set() for _ in range(n)]  # rhyme characters used (never twice: 重韵)
-        self.checked = set(required_positions(form.chars, plan.lenient))
+        tables = rhyme_tables()
+        if plan.rhyme == "shi":
+            self.all_groups = {g for g in vocab.groups if g in tables.groups}
+        else:
+            self.all_groups = {g for g in vocab.groups if g.startswith("第") and g.endswith(plan.ci_tone)}
 
-    def _rhymes(self, sample: int, line: int) -> bool:
-        first_rhymed = self.plan.templates[sample][0][-1] == PING
-        return line % 2 == 1 or (line == 0 and first_rhymed)
+    def _groups_of(self, ch: str) -> set[str]:
+        tables = rhyme_tables()
+        if self.plan.rhyme == "shi":
+            return {g for g in tables.shi_groups(ch) if tables.groups[g] == PING}
+        return {p for p in tables.ci_parts(ch) if p.endswith(self.plan.ci_tone)}
 
     def _char_mask(self, sample: int, line: int, pos: int) -> torch.Tensor:
         v, plan = self.v, self.plan
         if pos == 0 and line < len(plan.acrostic):
             return v.only(plan.acrostic[line])
+        spec = plan.lines[sample][line]
         mask = v.cjk.clone()
-        if pos in self.checked:
-            mask &= v.tone[plan.templates[sample][line][pos]]
-        if pos == plan.form.chars - 1:
-            if self._rhymes(sample, line):
+        if spec.tones[pos] in (PING, "仄"):
+            mask &= v.tone[spec.tones[pos]]
+        if pos == spec.chars - 1:
+            if spec.rhyme:
                 groups = self.group[sample]
                 rhyme = torch.zeros_like(mask)
-                for g in (groups if groups is not None else v.groups):
+                for g in (groups if groups is not None else self.all_groups):
                     rhyme |= v.groups[g]
                 mask &= rhyme
                 mask[list(self.rhymed[sample])] = False
@@ -155,13 +181,13 @@ class PoemState:
 
     def advance(self, tokens: list[int]) -> None:
         """Record each sample's drawn token."""
-        tables = rhyme_tables()
         for s, tok in enumerate(tokens):
             slot = self.slots[min(self.at[s], len(self.slots) - 1)]
             if slot[0] == "char":
                 ch = self.v.texts[tok]
-                if slot[2] == self.plan.form.chars - 1 and self._rhymes(s, slot[1]):
-                    mine = {g for g in tables.shi_groups(ch) if tables.groups[g] == PING}
+                spec = self.plan.lines[s][slot[1]]
+                if slot[2] == spec.chars - 1 and spec.rhyme:
+                    mine = self._groups_of(ch)
                     self.group[s] = mine if self.group[s] is None else self.group[s] & mine
                     self.rhymed[s].add(tok)
                 self.line[s] += ch
@@ -209,38 +235,79 @@ def shipped_lines(chars: int) -> dict[str, set[str]]:
     return training_lines(docs, chars)
 
 
-def plan_poem(form: Form | str, n: int, seed: int, acrostic: str = "", lenient: bool = True,
-              forbidden: dict[str, set[str]] | None = None, vocab: PoemVocabulary | None = None) -> PoemPlan:
-    """A :class:`PoemPlan` for ``n`` samples; sample i takes a tonal template drawn with seed ``seed + i``.
+def shape_named(name: str) -> Form | Tune:
+    """A regulated-verse form (七言绝句, 七绝, ...) or a ci tune (西江月, ...) by name.
 
     Raises:
-        AigcError: an acrostic of the wrong length or with a character the vocabulary lacks (named).
+        AigcError: neither, listing both.
     """
-    form = form_named(form) if isinstance(form, str) else form
+    try:
+        return form_named(name)
+    except AigcError:
+        pass
+    if name in tunes():
+        return tunes()[name]
+    raise AigcError(f"{name!r}: neither a form ({', '.join(FORMS)}) nor a known tune ({', '.join(tunes())})")
+
+
+def _shi_lines(form: Form, template: list[str], lenient: bool) -> list[LineSpec]:
+    checked = set(required_positions(form.chars, lenient))
+    return [LineSpec(form.chars, "，" if k % 2 == 0 else "。", k % 2 == 1 or (k == 0 and template[0][-1] == PING),
+                     "".join(t if i in checked else "中" for i, t in enumerate(tones)))
+            for k, tones in enumerate(template)]
+
+
+def forbidden_lines(form: Form | Tune) -> dict[str, set[str]]:
+    """The shipped corpus's lines of every length ``form`` has (prefix -> completing characters)."""
+    out: dict[str, set[str]] = {}
+    for chars in sorted({x["chars"] for x in form.lines} if isinstance(form, Tune) else {form.chars}):
+        for prefix, last in shipped_lines(chars).items():
+            out.setdefault(prefix, set()).update(last)
+    return out
+
+
+def plan_poem(form: Form | Tune | str, n: int, seed: int, acrostic: str = "", lenient: bool = True,
+              forbidden: dict[str, set[str]] | None = None, vocab: PoemVocabulary | None = None) -> PoemPlan:
+    """A :class:`PoemPlan` for ``n`` samples; for a form, sample i takes a tonal template drawn with seed
+    ``seed + i``; a tune has one pattern.
+
+    Raises:
+        AigcError: an acrostic longer than the lines or with a character the vocabulary lacks (named), or
+            one whose tones no template fits under strict checking.
+    """
+    form = shape_named(form) if isinstance(form, str) else form
+    count = len(form.lines) if isinstance(form, Tune) else form.lines
     if acrostic:
-        if len(acrostic) > form.lines:
-            raise AigcError(f"acrostic {acrostic!r}: {len(acrostic)} characters; a {form.name} has {form.lines} lines "
+        if len(acrostic) > count:
+            raise AigcError(f"acrostic {acrostic!r}: {len(acrostic)} characters; a {form.name} has {count} lines "
                             "(an acrostic fixes the first characters of as many lines as it has characters)")
         if vocab is not None:
             missing = [c for c in acrostic if c not in vocab.ids or not vocab.cjk[vocab.ids[c]]]
             if missing:
                 raise AigcError(f"acrostic character {missing[0]!r} is not in the model's vocabulary (or not a "
                                 "character of the rhyme tables)")
+    if isinstance(form, Tune):
+        specs = [LineSpec(x["chars"], x["mark"], x["rhyme"], x["tones"]) for x in form.lines]
+        if acrostic:  # the acrostic's characters stand where the tune fixes no tone, or fit it
+            specs = [LineSpec(x.chars, x.mark, x.rhyme, ("中" + x.tones[1:]) if k < len(acrostic) else x.tones)
+                     for k, x in enumerate(specs)]
+        return PoemPlan(form.name, [specs] * n, "ci", acrostic, forbidden or {}, form.rhyme_tone)
     names = list(templates(form).values())
     if acrostic and not lenient:  # every character's tone is checked: the acrostic's must fit the template
         tables = rhyme_tables()
-        names = [t for t in names if all(t[k][0] in tables.tones(c) for k, c in enumerate(acrostic))]  # noqa: E501
+        names = [t for t in names if all(t[k][0] in tables.tones(c) for k, c in enumerate(acrostic))]
         if not names:
             raise AigcError(f"acrostic {acrostic!r}: no tonal template of the {form.name} fits the tones of its "
                             "characters when every position is checked (--strict); drop --strict or change a character")
     picks = [names[random.Random(seed + i).randrange(len(names))] for i in range(n)]
-    return PoemPlan(form, picks, acrostic, lenient, forbidden or {})
+    return PoemPlan(form.name, [_shi_lines(form, t, lenient) for t in picks], "shi", acrostic, forbidden or {})
 
 
-def write_poems(tm, theme: str, form: Form | str, n: int = 4, seed: int = 0, acrostic: str = "",
+def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int = 0, acrostic: str = "",
                 lenient: bool = True, forbidden: dict[str, set[str]] | None = None,
                 settings: SampleConfig | None = None) -> list[dict]:
-    """``n`` poems titled ``theme`` in ``form``, best first by mean log-likelihood per character.
+    """``n`` poems titled ``theme`` in ``form`` (a regulated-verse form, or a ci tune: then the title line is
+    ``TUNE·THEME``), best first by mean log-likelihood per character.
 
     Returns:
         one dict per poem: ``text`` (title line and body), ``score`` (mean log-probability per body
@@ -249,11 +316,11 @@ def write_poems(tm, theme: str, form: Form | str, n: int = 4, seed: int = 0, acr
         AigcError: a bad form, acrostic or theme (longer than the context leaves room for), or
             constraints no candidate can meet.
     """
-    form = form_named(form) if isinstance(form, str) else form
+    form = shape_named(form) if isinstance(form, str) else form
     vocab = poem_vocabulary(tm)
     plan = plan_poem(form, n, seed, acrostic, lenient, forbidden, vocab)
     state = PoemState(vocab, plan)
-    title = theme.strip()
+    title = theme.strip() if isinstance(form, Form) else f"{form.name}·{theme.strip()}"
     prompt = tm.encode(title + "\n").ids
     room = tm.model.context_length
     if room is not None and len(prompt) + len(state.slots) > room:
@@ -275,7 +342,8 @@ def write_poems(tm, theme: str, form: Form | str, n: int = 4, seed: int = 0, acr
         scored = tm.score(text)[len(prompt) - 1:]  # the body's tokens (the title is context)
         chars = [e for e in scored if e.token != vocab.ids["\n"]]
         score = sum(e.logprob for e in chars) / max(len(chars), 1)
-        out.append({"text": text, "score": score, "verdict": check(text, form, lenient), "seed": seed + i})
+        verdict = check(text, form, lenient) if isinstance(form, Form) else check_ci(text, form)
+        out.append({"text": text, "score": score, "verdict": verdict, "seed": seed + i})
     return sorted(out, key=lambda p: -p["score"])
 
 
@@ -295,4 +363,4 @@ def poems_for_instruction(tm, text: str, n: int = 1, seed: int | None = None) ->
         return None
     form = form_named(order["form"])
     seed = random.randrange(2**31) if seed is None else seed
-    return write_poems(tm, order["theme"], form, n, seed, order["acrostic"], forbidden=shipped_lines(form.chars))
+    return write_poems(tm, order["theme"], form, n, seed, order["acrostic"], forbidden=forbidden_lines(form))
