@@ -10,9 +10,9 @@ import secrets
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from aigc.data.poetry import form_named, parse_instruction
+from aigc.data.poetry import parse_instruction
 from aigc.errors import AigcError
-from aigc.generate.poem import plan_poem, poem_vocabulary, shipped_lines, write_poems
+from aigc.generate.poem import forbidden_lines, plan_poem, poem_vocabulary, shape_named, write_poems
 from aigc.generate.text import TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
@@ -30,9 +30,9 @@ async def run_poems(request: Request, served: Served, tm: TextModel, theme: str,
     """
     try:
         poem_vocabulary(tm)
-        shape = form_named(form)
+        shape = shape_named(form)
     except AigcError as e:
-        raise APIError(400, str(e), param="form" if "form" in str(e) else "model") from None
+        raise APIError(400, str(e), param="form" if "form" in str(e) or "tune" in str(e) else "model") from None
     served.check_prompt([theme], "theme")
     check_seed(seed, n)
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -42,7 +42,7 @@ async def run_poems(request: Request, served: Served, tm: TextModel, theme: str,
     except AigcError as e:
         raise APIError(400, str(e), param="acrostic" if "acrostic" in str(e) else "theme") from None
     job = served.submit(lambda: iter([write_poems(tm, theme, shape, n, seed, acrostic, not strict,
-                                                  shipped_lines(shape.chars))]))
+                                                  forbidden_lines(shape))]))
     watcher = asyncio.create_task(watch_disconnect(request, job))
     poems = []
     try:
@@ -75,8 +75,10 @@ async def poems(req: P.PoemRequest, request: Request, served: Served = Depends(g
     """Regulated verse titled ``theme``: ``n`` candidates best first by log-likelihood per character, each
     with the checker's verdict (form, rhyme, tone conformity, template, rhyme group)."""
     tm = served.model(req.model, TextModel, "/v1/poems")
-    found = await run_poems(request, served, tm, req.theme.strip(), req.form, req.acrostic, req.n, req.seed,
-                            req.strict)
+    if req.form and req.tune:
+        raise APIError(400, "form and tune: give one (a regulated-verse form, or a ci tune)", param="tune")
+    found = await run_poems(request, served, tm, req.theme.strip(), req.tune or req.form or "七言绝句", req.acrostic,
+                            req.n, req.seed, req.strict)
     return {"object": "poem.list", "model": req.model, "created": P.now(), "data": [poem_json(p) for p in found]}
 
 

@@ -74,12 +74,13 @@ class ChatRequest(SamplingFields):
 
 class PoemRequest(Strict):
     """``POST /v1/poems`` (an aigc extension): regulated verse titled ``theme`` in ``form`` (五言绝句,
-    七言绝句, 五言律诗, 七言律诗 or 五绝 ...), ``acrostic`` first characters, ``n`` candidates best first,
+    七言绝句, 五言律诗, 七言律诗 or 五绝 ...; default 七言绝句) or a ci to ``tune`` (西江月 ...), ``acrostic`` first characters, ``n`` candidates best first,
     candidate i seeded ``seed + i``, ``strict`` to check every character's tone."""
 
     model: str | None = None
     theme: str = Field(min_length=1, max_length=100)
-    form: str = "七言绝句"
+    form: str | None = None
+    tune: str | None = None
     acrostic: str = Field(default="", max_length=8)
     n: int = Field(default=1, ge=1, le=16)
     seed: int | None = None
