@@ -168,6 +168,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--human", type=int, default=1000)
     p.add_argument("--synthid", action="store_true", help="also SynthID-text on the exported model")
+    p.add_argument("--hf-plain", action="store_true", help="with --synthid: also transformers' sampling without "
+                   "the watermark, SynthID's perplexity baseline")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="bench/results/watermark.json")
     args = p.parse_args()
@@ -212,14 +214,22 @@ def synthid(tm, args, prompts, skip, human, rng) -> dict:
     cfg = SynthIDTextWatermarkingConfig(keys=SYNTHID_KEYS, ngram_len=SYNTHID_NGRAM)
     proc = cfg.construct_processor(hf.config.vocab_size, "cpu")
     s = tm.settings()
-    marked = []
-    for start in tqdm(range(0, len(prompts), 50), desc="synthid", leave=False):
-        torch.manual_seed(start)
-        ids = torch.tensor(prompts[start:start + 50])
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=s.temperature,
-                          top_p=s.top_p, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW,
-                          watermarking_config=cfg, pad_token_id=tm.tokenizer.eot_id)
-        marked += out.tolist()
+
+    def generate(watermark) -> list[list[int]]:
+        rows = []
+        for start in tqdm(range(0, len(prompts), 50), desc="synthid", leave=False):
+            torch.manual_seed(start)
+            ids = torch.tensor(prompts[start:start + 50])
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=s.temperature,
+                              top_p=s.top_p, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW,
+                              watermarking_config=watermark, pad_token_id=tm.tokenizer.eot_id)
+            rows += out.tolist()
+        return rows
+
+    if args.hf_plain:  # the same transformers sampling without the watermark: the perplexity baseline
+        plain = generate(None)
+        print(json.dumps({"hf_plain_perplexity": perplexity(tm, plain, skip)}), flush=True)
+    marked = generate(cfg)
 
     def test(ids: list[int], k: int) -> float | None:
         """The mean g-value z-score of the tokens from index ``k`` (None when none is scored)."""
@@ -236,6 +246,7 @@ def synthid(tm, args, prompts, skip, human, rng) -> dict:
     edits = {share: [test(edited(ids, k, share, tm.tokenizer.vocab_size, rng), k) for ids, k in zip(marked, skip)]
              for share in (0.1, 0.2, 0.3)}
     row = {"scheme": f"synthid ({len(SYNTHID_KEYS)} layers, n-gram {SYNTHID_NGRAM}, mean score)",
+           **({"hf_plain_perplexity": perplexity(tm, plain, skip)} if args.hf_plain else {}),
            "perplexity": perplexity(tm, marked, skip), **rates(zs, edits),
            "human": false_positives(test, human)}
     print(json.dumps(row), flush=True)
