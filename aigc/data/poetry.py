@@ -30,6 +30,7 @@ from pathlib import Path
 from aigc.data.rhyme import PING, ZE, RhymeTables, rhyme_tables
 from aigc.errors import AigcError
 
+COUPLET_ENDS = "。？！；"  # marks that close a couplet, all read as 。
 PATTERNS5 = {"A": "仄仄平平仄", "B": "平平仄仄平", "C": "平平平仄仄", "D": "仄仄仄平平"}
 FOLLOW = {"B": "C", "D": "A"}  # 粘: the pattern after the second line of a couplet
 ANSWER = {"A": "B", "C": "D"}  # 对: the second line of a couplet
@@ -124,7 +125,8 @@ class Verdict:
     """The checker's verdict on one poem for one form.
 
     Attributes:
-        form_ok: line count, characters per line and punctuation (，。 alternating) exact.
+        form_ok: line count, characters per line and punctuation exact (each couplet's first line ends
+            in ，, its second in 。, or ？ ！ ； which editors also print there).
         rhyme_ok: the rhyming lines' last characters share a 平 group of the 平水韵.
         tone: the share of checked positions whose character can take the template's tone
             (under the best-fitting of the four templates).
@@ -156,6 +158,7 @@ def check(text: str, form: Form | str, lenient: bool = True, tables: RhymeTables
     bad = [i + 1 for i, line in enumerate(lines) if len(line) != form.chars]
     if bad:
         problems.append(f"line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} not {form.chars} characters")
+    marks = ["。" if m in COUPLET_ENDS else m for m in marks]
     want = ["，" if i % 2 == 0 else "。" for i in range(len(lines))]
     if marks != want:
         problems.append("punctuation is not ， and 。 alternating")
@@ -225,10 +228,29 @@ def tune_named(name: str) -> Tune:
     return known[name]
 
 
-def check_ci(text: str, tune: Tune | str, tables: RhymeTables | None = None) -> Verdict:
+# 部 the Song poets rhymed together where the 词林正韵 (戈载, 1821, a Qing systematisation) splits
+# them: 灰 between 第三部 and 第五部, 元 between 第六部 and 第七部, the -n/-ng/-m endings of 第六、十一、
+# 十三部, 第九部 with 第十部, and the 入声 部 (第十五部 to 第十九部) among themselves. Read off the 73 of
+# Xin Qiji's ci that fail the strict rule (RESULTS, "Poetry"); used only with ``neighbours=True``.
+NEIGHBOURS = [{"第三部", "第五部"}, {"第六部", "第七部", "第十一部", "第十三部"}, {"第九部", "第十部"},
+              {"第十五部", "第十六部", "第十七部", "第十八部", "第十九部"}]
+
+
+def _rhyme_class(part: str, neighbours: bool) -> str:
+    """A 部 name (``第三部平``), or with ``neighbours`` the first 部 of its NEIGHBOURS set and its tone."""
+    if neighbours:
+        name, tone = part[:-1], part[-1]
+        for merged in NEIGHBOURS:
+            if name in merged:
+                return min(merged) + tone
+    return part
+
+
+def check_ci(text: str, tune: Tune | str, tables: RhymeTables | None = None, neighbours: bool = False) -> Verdict:
     """Check a ci against ``tune``: its clauses' lengths and marks (，、： as ，; 。？！； as 。), the
-    rhyme (the rhyme clauses' last characters share a 词林正韵 部 of the tune's rhyme tone) and the
-    tones at the tune's fixed positions."""
+    rhyme (the rhyme clauses' last characters share a 词林正韵 部 of the tune's rhyme tone; with
+    ``neighbours``, a 部 or one the Song poets rhymed with it, :data:`NEIGHBOURS`) and the tones at the
+    tune's fixed positions."""
     tune = tune_named(tune) if isinstance(tune, str) else tune
     tables = tables or rhyme_tables()
     _, lines, marks = poem_lines(text, marks="".join(_CI_MARKS))
@@ -245,7 +267,7 @@ def check_ci(text: str, tune: Tune | str, tables: RhymeTables | None = None) -> 
     shared = None
     for k, x in enumerate(tune.lines):
         if x["rhyme"]:
-            mine = {p for p in tables.ci_parts(lines[k][-1]) if p.endswith(tune.rhyme_tone)}
+            mine = {_rhyme_class(p, neighbours) for p in tables.ci_parts(lines[k][-1]) if p.endswith(tune.rhyme_tone)}
             shared = mine if shared is None else shared & mine
     group = min(shared) if shared else None
     if group is None:
