@@ -10,7 +10,7 @@ IMGRUN := runs/demo-fashion-$(STAMP)
 PROMPTS := 西江月 破阵子 临江仙
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install fashion-mnist chromium sandbox llamacpp demo test test-slow bench clean
+.PHONY: install fashion-mnist chromium sandbox music llamacpp demo test test-slow bench clean
 
 $(BIN)/aigc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,18 @@ sandbox:
 		else echo "warning: no apt-get; the code sandbox needs bubblewrap (bwrap) and libseccomp on this machine"; fi; \
 	fi
 
+# Audio for the music models: Debian's FluidSynth and its General MIDI soundfont (fluid-soundfont-gm, MIT,
+# about 140 MB installed), where apt-get is available; without them tunes still render to ABC, MIDI and PNG.
+music:
+	@if ! command -v fluidsynth >/dev/null 2>&1 || [ ! -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+			$$SUDO apt-get install -y -q fluidsynth fluid-soundfont-gm >/dev/null 2>&1 || \
+			{ $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q fluidsynth fluid-soundfont-gm >/dev/null 2>&1; } || \
+			echo "warning: could not install fluidsynth/fluid-soundfont-gm; tunes will not render to WAV"; \
+		else echo "warning: no apt-get; rendering tunes to WAV needs fluidsynth and a General MIDI soundfont"; fi; \
+	fi
+
 # Fine-tune tang-base (the shipped base model) on the ci of Xin Qiji for about two minutes, then print
 # for the same prompts and seeds the ci of the base model and of the fine-tuned one; then images from
 # prompts in English and Chinese by the shipped text-to-image diffusion model (color-fashion-t2i), and a
@@ -96,11 +108,11 @@ demo: install fashion-mnist
 llamacpp: install
 	$(BIN)/pip install -q llama-cpp-python
 
-test: install fashion-mnist chromium sandbox
+test: install fashion-mnist chromium sandbox music
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
-test-slow: install fashion-mnist chromium sandbox   # the long checks (compiled decoding, ...)
+test-slow: install fashion-mnist chromium sandbox music   # the long checks (compiled decoding, ...)
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/python -m pytest -q -m slow
 

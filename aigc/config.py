@@ -56,7 +56,7 @@ class DataConfig:
 
     dataset: str = ""  # a named dataset (aigc data list), or "" to use `source`
     source: str = ""  # path to a .txt / .jsonl file or a directory
-    format: str = "auto"  # auto | txt | jsonl | dir | code | chat (auto: chat for a .jsonl of {"messages": [...]})
+    format: str = "auto"  # auto | txt | jsonl | dir | code | chat | music (auto: chat for a .jsonl of {"messages": [...]}, music for a .abc/.mid/.xml file)
     field: str = "text"  # the JSON field holding the document, for .jsonl
     separator: str = ""  # txt: a line equal to this separates documents; "" = one document per line
     glob: str = "**/*.txt"  # dir: which files to read, relative to the directory
@@ -75,8 +75,8 @@ class DataConfig:
     def validate(self) -> None:
         if not self.dataset and not self.source:
             raise AigcError("config key data.dataset or data.source must be set (a named dataset or a path)")
-        if self.format not in ("auto", "txt", "jsonl", "dir", "code", "chat"):
-            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir, code, chat")
+        if self.format not in ("auto", "txt", "jsonl", "dir", "code", "chat", "music"):
+            raise AigcError(f"data.format = {self.format!r}: expected one of auto, txt, jsonl, dir, code, chat, music")
         if self.chat_template not in ("", "chatml"):
             raise AigcError(f"data.chat_template = {self.chat_template!r}: expected \"\" (the tokenizer's own "
                             "template) or \"chatml\"")
@@ -265,8 +265,11 @@ class SampleConfig:
     top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each position (0 to 20)
     response_format: str = "text"  # text | json_object | json_schema (grammar-constrained, aigc.generate.grammar)
     json_schema: dict = field(default_factory=dict)  # the schema of response_format = "json_schema"
+    content: str = "text"  # what the model writes: text | abc (tunes in ABC: a prompt is a tune's header, checked; samples render to MIDI/WAV)
 
     def validate(self) -> None:
+        if self.content not in ("text", "abc"):
+            raise AigcError(f"content = {self.content!r}: expected text or abc (music in ABC notation)")
         if self.max_new_tokens < 1:
             raise AigcError(f"max_new_tokens = {self.max_new_tokens}: expected a positive integer")
         if not (self.temperature == 0 or 1e-3 <= self.temperature <= 100):  # also rejects NaN and inf

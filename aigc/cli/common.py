@@ -80,3 +80,23 @@ def split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[s
         else:
             parser.error(f"unrecognized argument {item!r} (config overrides look like --train.lr=3e-4)")
     return overrides
+
+
+def model_and_config(args: argparse.Namespace, overrides: list[str]):
+    """``eval``'s model (``args.model``) and the run config whose ``[data]`` it is scored on: ``--config``,
+    else the run's own ``config.toml``; returns ``(model, config, run folder or None)``.
+
+    Raises:
+        AigcError: a model folder outside a run without ``--config``.
+    """
+    from aigc.api import load
+    from aigc.config import config_from_dict, load_config, read_toml
+    from aigc.folders import run_of
+
+    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    run_dir = run_of(args.model, model.folder)
+    if args.config:
+        return model, load_config(args.config, overrides), run_dir
+    if run_dir is None:
+        raise AigcError(f"{args.model}: a model folder outside a run; pass --config with the [data] to score on")
+    return model, config_from_dict(read_toml(run_dir / "config.toml"), str(run_dir / "config.toml"), overrides), run_dir

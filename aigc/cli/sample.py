@@ -17,6 +17,7 @@ from aigc.atomic import check_target, read_json, write_text
 from aigc.cli.common import add_runtime_flags, add_sampling_flags, check_seed, no_overrides, sampling_overrides, threads
 from aigc.data.fim import fim_token_ids
 from aigc.errors import AigcError
+from aigc.cli.music import sample_music, wants_music
 from aigc.generate.images import ImageModel, save_grid
 from aigc.generate.watermark import load_key
 
@@ -45,7 +46,8 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
                    "lists), diffusion models (Tree-Ring in the starting noise)")
     g = p.add_argument_group("image models (dcgan, vae)")
     g.add_argument("--out", help="image models: the PNG to write (required); text models: also write the samples "
-                   "to this .txt or .jsonl file")
+                   "to this .txt or .jsonl file; music models (ABC): tune.abc, tune.mid, tune.wav (FluidSynth) or "
+                   "a piano-roll tune.png (several tunes: tune-1.mid, tune-2.mid, ...)")
     g.add_argument("--class", dest="label", help="generate this class (name or index) with a conditional model")
     g.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8; one column per class "
                    "when a conditional model samples every class)")
@@ -77,12 +79,14 @@ def run_sample(args, overrides: list[str]) -> int:
         if getattr(args, flag) is not None:
             raise AigcError(f"--{'class' if flag == 'label' else flag} is for image models; "
                             f"{args.model} is a {model.family!r} text model")
+    if wants_music(model, args.out):
+        return sample_music(model, args)
     n = 1 if args.n is None else args.n
     if n < 1:
         raise AigcError(f"--n {n}: expected at least 1 sample")
     if args.out is not None and Path(args.out).suffix.lower() not in (".txt", ".jsonl"):
         raise AigcError(f"--out {args.out}: a text model writes .txt (the samples) or .jsonl (one JSON object "
-                        "per sample: prompt, text, seed)")
+                        "per sample: prompt, text, seed); a music model also .abc, .mid, .wav or .png")
     if args.out is not None:
         check_target(Path(args.out))
         if not Path(args.out).parent.is_dir():

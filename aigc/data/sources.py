@@ -7,6 +7,8 @@
 - a named dataset (:data:`DATASETS`): shipped with the package, or ``python-stdlib``.
 - code (``data.format = "code"``): source files of one or more directories, whole
   files byte for byte (:mod:`aigc.data.code`).
+- music (``data.format = "music"``, a ``.abc``/``.mid``/MusicXML file, or the ``folk-abc`` dataset):
+  one normalised ABC tune per document (:mod:`aigc.data.music`).
 - chat (``data.format = "chat"``, or ``auto`` for a ``.jsonl`` whose first line holds a
   ``"messages"`` list): conversations, read by :func:`read_chat_source` and rendered
   with a chat template when shards are written (:mod:`aigc.data.chat`).
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from aigc.config import DataConfig
 from aigc.data.code import read_code, read_python_stdlib, stdlib_root
+from aigc.data.music import COLLECTIONS, MUSIC_SUFFIXES, music21_corpus, read_music
 from aigc.errors import AigcError
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -41,6 +44,12 @@ DATASETS = {
         "field": "text",
         "description": "the 629 ci of Xin Qiji (chinese-poetry, MIT), simplified, tune name + body; the style "
                        "set of `make demo`, left out of tang-base's pretraining",
+    },
+    "folk-abc": {
+        "kind": "music",
+        "description": "12,000 folk tunes in ABC from the corpus inside the music21 package (O'Neill's, Ryan's "
+                       "Mammoth, Aird's Airs, American fife and Northumbrian tunes, the Essen folksongs), "
+                       "normalised headers; some encodings are for non-commercial use only (see aigc data list)",
     },
     "python-stdlib": {
         "path": stdlib_root(),
@@ -164,6 +173,15 @@ def is_chat_source(cfg: DataConfig) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("messages"), list)
 
 
+def is_music_source(cfg: DataConfig) -> bool:
+    """True for music: the ``folk-abc`` dataset, ``data.format = "music"``, or ``auto`` with a file whose
+    suffix is a music one (.abc, .mid, .midi, .xml, .musicxml)."""
+    if cfg.dataset:
+        return DATASETS.get(cfg.dataset, {}).get("kind") == "music"
+    return cfg.format == "music" or (cfg.format == "auto" and Path(cfg.source).suffix.lower() in MUSIC_SUFFIXES
+                                      and Path(cfg.source).is_file())
+
+
 def source_name(cfg: DataConfig) -> str:
     """A short name for the corpus: the dataset name or the source file's stem."""
     if cfg.dataset:
@@ -190,6 +208,13 @@ def read_corpus(cfg: DataConfig, progress: bool = True) -> tuple[list[str], str 
     """
     if cfg.dataset and DATASETS.get(cfg.dataset, {}).get("kind") == "code":
         corpus = read_python_stdlib(cfg.max_file_bytes)
+        return corpus.texts, corpus.report()
+    if is_music_source(cfg):
+        if cfg.dataset:
+            root = music21_corpus()
+            corpus = read_music([root / c for c in COLLECTIONS], progress, label="music21")
+        else:
+            corpus = read_music([Path(p) for p in cfg.source.split(os.pathsep) if p], progress)
         return corpus.texts, corpus.report()
     if not cfg.dataset and cfg.format == "code":
         corpus = read_code([p for p in cfg.source.split(os.pathsep) if p], cfg.extensions, cfg.max_file_bytes)

@@ -1,0 +1,214 @@
+"""Music as ABC text: the corpus reader, the tokenizer round trip, a tiny model's tune rendered to MIDI and
+WAV, the metrics on hand-made tunes, and bad input (a malformed file, an empty MIDI file, a bad header,
+an unknown output, no FluidSynth)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from aigc.data.abc import bars_of, meter_fit, normalise_tune, parse_header, split_tunes, syntax_problem
+from aigc.data.music import music21_corpus, read_music
+from aigc.errors import AigcError
+from conftest import CORES, run_cli
+
+# Four short tunes, written for these tests (jigs and a reel in D and G), with the kinds of lines the
+# collections hold: titles, notes, chord symbols, decorations and comments, which normalising drops.
+TUNES = """X:1
+T:Test Jig One
+R:Jig
+M:6/8
+L:1/8
+K:D
+A|"D"dfa afd|~e2c ABc|dfa agf|edc d2:|
+|:f|gfe fed|ecA ABc|dfa agf|edc d2:|
+
+X:2
+T:Test Reel
+N:made up for a test % a comment
+M:4/4
+K:G
+|:GABc dBGB|c2ec d2BG|!trill!A2AB c2BA|GBAG FGAF:|
+
+X:3
+T:Test Jig Two
+M:6/8
+K:G
+G|BAG GAB|c2A ABc|BAG GAB|AGF G2:|
+
+X:4
+T:Test Air
+M:3/4
+K:D
+D2 F2 A2|d4 c2|B2 A2 F2|E6|D2 F2 A2|d4 e2|f2 e2 c2|d6|]
+"""
+
+
+@pytest.fixture(scope="session")
+def tune_folder(tmp_path_factory) -> Path:
+    """A folder of two ABC files: the four tunes above, and the same four under other numbers (dropped
+    as duplicates)."""
+    folder = tmp_path_factory.mktemp("tunes")
+    (folder / "set.abc").write_text(TUNES, encoding="utf-8")
+    (folder / "again.abc").write_text(TUNES.replace("X:", "X:1"), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def music_run(tmp_path_factory, tune_folder) -> Path:
+    """A tiny GPT trained until it knows the four tunes by heart (greedy decoding gives one back)."""
+    from aigc.config import load_config
+    from aigc.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("music-run")
+    cfg = tmp / "music.toml"
+    cfg.write_text(f"""[data]
+source = "{tune_folder}"
+format = "music"
+val_fraction = 0.01       # one tune held out: the last, the air
+prepared_dir = "{tmp / 'prepared'}"
+[model]
+family = "gpt"
+block_size = 64
+n_layer = 2
+n_head = 2
+d_model = 48
+[train]
+out_dir = "{tmp / 'run'}"
+batch_size = 8
+max_steps = 250
+lr = 1e-2
+warmup_steps = 10
+eval_interval = 250
+eval_batches = 1
+log_interval = 50
+checkpoint_interval = 250
+threads = {CORES}
+[sample]
+content = "abc"
+temperature = 0
+max_new_tokens = 200
+""", encoding="utf-8")
+    return train(load_config(cfg), progress=False)
+
+
+# ---------------------------------------------------------------- corpus and tokenizer
+def test_the_corpus_reader_normalises_real_tunes_and_splits_by_tune():
+    oneill = music21_corpus() / "oneills1850" / "0001-0050.abc"
+    corpus = read_music([oneill], progress=False)
+    assert len(split_tunes(oneill.read_text(encoding="utf-8"))) == 50
+    assert len(corpus.texts) + len(corpus.skipped) + corpus.duplicates == 50 and len(corpus.texts) >= 48
+    first = corpus.texts[0]
+    assert first.startswith("M:2/4\nK:Gm\n")  # title, book, notes, transcriber dropped; L:1/16 is 2/4's default
+    assert "T:" not in first and '"' not in first and "{" not in first
+    from aigc.data.shards import split_documents
+    is_val = split_documents(len(corpus.texts), 0.2, 1234)
+    again = split_documents(len(corpus.texts), 0.2, 1234)
+    assert (is_val == again).all() and 0 < is_val.sum() < len(corpus.texts)  # whole tunes, the same each time
+
+
+def test_a_tune_goes_through_the_tokenizer_byte_for_byte(music_run):
+    import aigc
+    tm = aigc.load(music_run)
+    texts = [normalise_tune(t) for _, t in split_tunes(TUNES)]
+    for text in texts:
+        ids = tm.tokenizer.encode(text, "tune")
+        assert tm.tokenizer.decode(ids) == text and len(ids) == len(text)  # one character a token
+
+
+# ---------------------------------------------------------------- generation and rendering
+def test_a_tiny_model_writes_a_tune_that_renders_to_midi_and_wav(music_run, tmp_path):
+    out = run_cli("sample", str(music_run), "--prompt", "R:jig\\nM:6/8\\nK:D\\n", "--out", str(tmp_path / "t.mid"),
+                  "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("R:jig\nM:6/8\nK:D\n")
+    from music21 import converter
+    midi = converter.parse(tmp_path / "t.mid")
+    assert len(midi.flatten().notes) >= 8
+    from aigc.generate.music import parse_tune, write_tune
+    tune = parse_tune(out.stdout)
+    if shutil.which("fluidsynth") is None:
+        pytest.skip("FluidSynth is not installed (make music installs fluidsynth and fluid-soundfont-gm)")
+    write_tune(tune, tmp_path / "t.wav", {"test": True})
+    with wave.open(str(tmp_path / "t.wav"), "rb") as w:
+        seconds = w.getnframes() / w.getframerate()
+    assert tune.seconds <= seconds <= tune.seconds + 1.5  # the last note's release, cut half a second after
+    write_tune(tune, tmp_path / "t.png", {"test": True})
+    from PIL import Image
+    assert Image.open(tmp_path / "t.png").width > 100
+
+
+# ---------------------------------------------------------------- metrics with known answers
+def test_bar_lengths_find_a_bar_too_long_and_accept_pickups_and_section_ends():
+    tune = "M:6/8\nK:D\nA|dfa afd|ecA ABcd|dfa agf|edc d2:|\n|:f|gfe fed|\n"
+    bars = bars_of(tune)
+    assert [b.length for b in bars[:3]] == [Fraction(1, 8), Fraction(3, 4), Fraction(7, 8)]
+    assert meter_fit(tune) == (4, 5)  # the pickup is not counted; "ABcd" is one eighth too long; d2 + f fill one
+    assert meter_fit("M:4/4\nK:G\n(3GAB c2 G>A B<c|d8|]\n") == (2, 2)  # a triplet, broken rhythm
+    assert syntax_problem("dfa 2/ afd|") is not None and syntax_problem("dfa afd|") is None
+
+
+def test_a_tune_in_c_major_keeps_entirely_to_its_key_and_histograms_overlap():
+    from aigc.evaluate.music import BarIndex, music_metrics, tune_features
+    c_major = "M:4/4\nK:C\nCDEF GABc|cBAG FEDC|EGce gecG|C8|]\n"
+    chromatic = "M:4/4\nK:C\nC^CD^D E F^FG|^GA^AB c4|]\n"
+    feats = tune_features(c_major)
+    assert feats["in_key"] == feats["notes"] == 25
+    assert tune_features(chromatic)["in_key"] < tune_features(chromatic)["notes"]
+    out = music_metrics([c_major], [feats], BarIndex([c_major]))
+    assert out["parse_share"] == 1 and out["in_key_share"] == 1 and out["meter_share"] == 1
+    assert out["pitch_class_overlap"] == pytest.approx(1.0) and out["longest_copied_bars"] == 4
+    other = music_metrics(["M:4/4\nK:C\nC^CD^D E F^FG|^GA^AB c4|]\n"], [feats], BarIndex(["M:4/4\nK:C\nz8|\n"]))
+    assert other["pitch_class_overlap"] < 0.7 and other["longest_copied_bars"] == 0
+
+
+# ---------------------------------------------------------------- bad input
+def test_a_malformed_file_in_the_corpus_is_named_skipped_and_counted(tune_folder, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(tune_folder, folder)
+    (folder / "broken.abc").write_text("X:1\nT:No key\nM:6/8\nabc|\n\nX:2\nM:7/0\nK:D\nabc|\n", encoding="utf-8")
+    (folder / "binary.mid").write_bytes(b"\x00\x01 not midi")
+    corpus = read_music([folder], progress=False)
+    assert len(corpus.texts) == 4 and corpus.duplicates == 4 and len(corpus.skipped) == 3
+    report = corpus.report()
+    assert "3 skipped" in report and "broken.abc:1: no K:" in report
+    assert any("broken.abc:6: M:7/0" in s for s in corpus.skipped)
+    assert any("binary.mid: not a readable MIDI file" in s for s in corpus.skipped)
+
+
+def test_a_midi_file_with_no_notes_is_skipped_with_its_name(tmp_path):
+    from music21 import meter, stream
+    score = stream.Score([stream.Part([meter.TimeSignature("3/4")])])
+    score.write("midi", fp=str(tmp_path / "silent.mid"))
+    with pytest.raises(AigcError, match=r"silent\.mid.*no notes"):
+        read_music([tmp_path / "silent.mid"], progress=False)
+
+
+def test_bad_prompts_and_outputs_are_refused_before_any_tune_is_made(music_run, tmp_path):
+    out = run_cli("sample", str(music_run), "--prompt", "M:7/0\\nK:D\\n")
+    assert out.returncode == 2 and "M:7/0 is not an ABC meter" in out.stderr
+    out = run_cli("sample", str(music_run), "--prompt", "T:My tune\\nK:D\\n")
+    assert out.returncode == 2 and "field T: is not one" in out.stderr
+    out = run_cli("sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.ogg"))
+    assert out.returncode == 2 and "not .ogg" in out.stderr and ".mid" in out.stderr
+    assert not (tmp_path / "t.ogg").exists()
+    with pytest.raises(AigcError, match="K:H# is not an ABC key"):
+        parse_header("M:6/8\nK:H#\n")
+
+
+def test_rendering_without_fluidsynth_names_the_debian_package(music_run, tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env_path = os.environ["PATH"]
+    os.environ["PATH"] = str(bare)  # the child finds no fluidsynth; python itself is run by its full path
+    try:
+        out = run_cli("sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.wav"))
+    finally:
+        os.environ["PATH"] = env_path
+    assert out.returncode == 2 and "apt-get install fluidsynth fluid-soundfont-gm" in out.stderr
+    assert not (tmp_path / "t.wav").exists()
