@@ -4,7 +4,6 @@ an unknown output, no FluidSynth)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import wave
 from fractions import Fraction
@@ -189,26 +188,85 @@ def test_a_midi_file_with_no_notes_is_skipped_with_its_name(tmp_path):
         read_music([tmp_path / "silent.mid"], progress=False)
 
 
-def test_bad_prompts_and_outputs_are_refused_before_any_tune_is_made(music_run, tmp_path):
-    out = run_cli("sample", str(music_run), "--prompt", "M:7/0\\nK:D\\n")
-    assert out.returncode == 2 and "M:7/0 is not an ABC meter" in out.stderr
-    out = run_cli("sample", str(music_run), "--prompt", "T:My tune\\nK:D\\n")
-    assert out.returncode == 2 and "field T: is not one" in out.stderr
-    out = run_cli("sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.ogg"))
-    assert out.returncode == 2 and "not .ogg" in out.stderr and ".mid" in out.stderr
-    assert not (tmp_path / "t.ogg").exists()
+def test_bad_prompts_and_outputs_are_refused_before_any_tune_is_made(music_run, tmp_path, capsys):
+    from aigc.cli import main
+    assert main(["sample", str(music_run), "--prompt", "M:7/0\\nK:D\\n"]) == 2
+    assert "M:7/0 is not an ABC meter" in capsys.readouterr().err
+    assert main(["sample", str(music_run), "--prompt", "T:My tune\\nK:D\\n"]) == 2
+    assert "field T: is not one" in capsys.readouterr().err
+    assert main(["sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.ogg")]) == 2
+    err = capsys.readouterr().err
+    assert "not .ogg" in err and ".mid" in err and not (tmp_path / "t.ogg").exists()
     with pytest.raises(AigcError, match="K:H# is not an ABC key"):
         parse_header("M:6/8\nK:H#\n")
 
 
-def test_rendering_without_fluidsynth_names_the_debian_package(music_run, tmp_path):
+def test_rendering_without_fluidsynth_names_the_debian_package(music_run, tmp_path, capsys, monkeypatch):
+    from aigc.cli import main
     bare = tmp_path / "bin"
     bare.mkdir()
-    env_path = os.environ["PATH"]
-    os.environ["PATH"] = str(bare)  # the child finds no fluidsynth; python itself is run by its full path
-    try:
-        out = run_cli("sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.wav"))
-    finally:
-        os.environ["PATH"] = env_path
-    assert out.returncode == 2 and "apt-get install fluidsynth fluid-soundfont-gm" in out.stderr
+    monkeypatch.setenv("PATH", str(bare))  # a machine without fluidsynth on its PATH
+    assert main(["sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.wav")]) == 2
+    assert "apt-get install fluidsynth fluid-soundfont-gm" in capsys.readouterr().err
     assert not (tmp_path / "t.wav").exists()
+
+
+def test_the_music_route_returns_abc_midi_and_a_piano_roll(music_run, served_model_folders):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from music21 import converter
+
+    import aigc
+    from aigc.serve.app import create_app
+
+    client = TestClient(create_app({"folk": aigc.load(music_run), "text": aigc.load(served_model_folders["text"])}))
+    r = client.post("/v1/music", json={"model": "folk", "prompt": "R:jig\nM:6/8\nK:D\n", "seed": 3,
+                                       "formats": ["mid", "png"]})
+    assert r.status_code == 200, r.text
+    tune = r.json()["data"][0]
+    assert tune["parses"] and tune["abc"].startswith("R:jig\nM:6/8\nK:D\n") and tune["notes"] >= 8
+    midi = converter.parseData(base64.b64decode(tune["mid_base64"]), format="midi")
+    assert len(midi.flatten().notes) >= tune["notes"]  # repeats are played twice in the MIDI
+    from PIL import Image
+    assert Image.open(io.BytesIO(base64.b64decode(tune["png_base64"]))).format == "PNG"
+    r = client.post("/v1/music", json={"model": "folk", "prompt": "M:13/0\nK:D\n"})
+    assert r.status_code == 400 and "M:13/0" in r.json()["error"]["message"]
+    r = client.post("/v1/music", json={"model": "text", "prompt": "M:6/8\nK:D\n"})
+    assert r.status_code == 400 and "does not write music" in r.json()["error"]["message"]
+    r = client.post("/v1/music", json={"model": "folk", "formats": ["ogg"]})
+    assert r.status_code in (400, 422)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (make test installs Debian's package)")
+def test_the_page_plays_a_tune_and_shows_its_piano_roll(music_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from conftest import start_server
+
+    proc, url = start_server({"folk": music_run})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+            assert page.text_content("#prompt-label").startswith("Tune header")
+            page.fill("#prompt", "R:jig\nM:6/8\nK:D")
+            page.fill("#seed", "3")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('text-stats').textContent.includes('notes')",
+                                   timeout=60_000)
+            assert page.text_content("#output").startswith("R:jig\nM:6/8\nK:D\n")
+            assert page.is_visible("#tune-roll") and page.evaluate("document.getElementById('tune-roll').naturalWidth") > 100
+            assert page.get_attribute("#tune-midi", "href").startswith("data:audio/midi;base64,")
+            if shutil.which("fluidsynth"):
+                assert page.get_attribute("#tune-audio", "src").startswith("data:audio/wav;base64,")
+                assert page.evaluate("document.getElementById('tune-audio').readyState") >= 0
+            page.screenshot(path=str(tmp_path / "tune.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -7,6 +7,7 @@ Endpoints::
     GET  /metrics                   Prometheus text format
     GET  /v1/models[/{id}]          the loaded models (with an "aigc" field: kind, chat, poems, classes, sizes)
     POST /v1/poems                  regulated verse kept to its form (aigc.serve.poems)
+    POST /v1/music                  tunes in ABC with MIDI, WAV and a piano roll (aigc.serve.music)
     POST /v1/completions            text continuation; SSE with "stream": true
     POST /v1/chat/completions       chat models (a chat_template in tokenizer_config.json)
     POST /v1/images/generations     image models; "prompt" names the class of a conditional model
@@ -45,7 +46,7 @@ from aigc.generate.engine import BatchEngine
 from aigc.generate.images import ImageModel
 from aigc.generate.poem import writes_poems
 from aigc.generate.text import TextModel
-from aigc.serve import images, poems, text
+from aigc.serve import images, music, poems, text
 from aigc.serve.errors import APIError, install_error_handlers
 from aigc.serve.images import MAX_SCALE, class_of_prompt, sizes
 from aigc.serve.middleware import Guard, Metrics, require_key
@@ -121,6 +122,7 @@ def create_app(models: dict[str, TextModel | ImageModel], api_key: str | None = 
     app.include_router(text.router, dependencies=keyed)
     app.include_router(images.router, dependencies=keyed)
     app.include_router(poems.router, dependencies=keyed)
+    app.include_router(music.router, dependencies=keyed)
     return app
 
 
@@ -170,6 +172,7 @@ def describe(served: Served, name: str) -> dict:
         extra = {"kind": "text", "family": m.family, "chat": m.chat is not None,
                  "chat_trained": m.chat is not None and (m.chat.trained or folder_kind(m.folder) == "hf"),
                  "context_length": m.model.context_length, "poems": writes_poems(m),
+                 "music": m.defaults.content == "abc",
                  "defaults": {"temperature": m.defaults.temperature, "top_k": m.defaults.top_k,
                               "top_p": m.defaults.top_p, "max_tokens": m.defaults.max_new_tokens}}
     else:

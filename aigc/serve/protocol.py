@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +86,23 @@ class PoemRequest(Strict):
     n: int = Field(default=1, ge=1, le=16)
     seed: int | None = None
     strict: bool = False
+
+
+class MusicRequest(Strict):
+    """``POST /v1/music`` (an aigc extension; OpenAI has no music route): ``n`` tunes from a music model
+    (``content = "abc"``) after ``prompt``, a tune's header such as ``"M:6/8\\nK:D\\n"`` (fields R: M: L:
+    K:; empty = the model chooses), tune i seeded ``seed + i``. ``formats`` chooses what comes back beside
+    the ABC text, base64-encoded: ``mid`` (MIDI), ``wav`` (audio, where the server has FluidSynth) and
+    ``png`` (a piano roll with C2PA credentials)."""
+
+    model: str | None = None
+    prompt: str = Field(default="", max_length=200)
+    n: int = Field(default=1, ge=1, le=8)
+    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=2000)
+    temperature: float | None = None
+    top_p: float | None = None
+    formats: list[Literal["mid", "wav", "png"]] = Field(default_factory=lambda: ["mid"], max_length=3)
 
 
 class ImageRequest(Strict):

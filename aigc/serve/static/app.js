@@ -103,15 +103,62 @@ function showModel() {
   }
 }
 
+function musicMode() {
+  const m = current();
+  return m && m.aigc.kind === "text" && m.aigc.music;
+}
+
 function poemMode() {
   const m = current();
   return m && m.aigc.kind === "text" && !m.aigc.chat_trained && m.aigc.poems && $("poem-form").value !== "";
 }
 
 function showPoemForm() {
-  const chat = current().aigc.chat_trained, poem = poemMode();
-  $("prompt-label").textContent = chat ? "Message" : poem ? "Theme (the poem's title)" : "Prompt";
-  $("prompt").placeholder = chat ? "Your message" : poem ? "秋天的落叶" : "Text to continue";
+  const chat = current().aigc.chat_trained, poem = poemMode(), music = musicMode();
+  $("prompt-label").textContent = chat ? "Message" : poem ? "Theme (the poem's title)" : music ?
+    "Tune header (ABC: meter, key, tune type)" : "Prompt";
+  $("prompt").placeholder = chat ? "Your message" : poem ? "秋天的落叶" : music ? "R:jig\nM:6/8\nK:D" :
+    "Text to continue";
+  $("music-out").hidden = true;
+}
+
+// A music model: ABC from /v1/music, with its audio (where the server has FluidSynth), MIDI and piano roll.
+async function generateTune() {
+  const m = current();
+  const body = { model: m.id, prompt: $("prompt").value, seed: number("seed"), max_tokens: number("max_tokens"),
+                 temperature: number("temperature"), top_p: number("top_p"), formats: ["mid", "png", "wav"] };
+  $("output").textContent = "";
+  $("text-stats").textContent = "";
+  $("music-out").hidden = true;
+  $("generate").disabled = true;
+  status("composing…", true);
+  try {
+    let response = await fetch("/v1/music", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+    if (!response.ok) {
+      const why = await errorOf(response);
+      if (!/FluidSynth|soundfont/.test(why)) throw new Error(why);
+      body.formats = ["mid", "png"];  // no audio on this server: MIDI and the piano roll still come
+      response = await fetch("/v1/music", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+      if (!response.ok) throw new Error(await errorOf(response));
+    }
+    const tune = (await response.json()).data[0];
+    $("output").textContent = tune.abc;
+    if (!tune.parses) {
+      $("text-stats").textContent = `this tune does not parse: ${tune.error}`;
+    } else {
+      $("text-stats").textContent = `${tune.notes} notes, ${tune.seconds.toFixed(1)} s with repeats; seed ${tune.seed}`;
+      $("tune-audio").hidden = !tune.wav_base64;
+      if (tune.wav_base64) $("tune-audio").src = "data:audio/wav;base64," + tune.wav_base64;
+      $("tune-midi").href = "data:audio/midi;base64," + tune.mid_base64;
+      $("tune-roll").src = "data:image/png;base64," + tune.png_base64;
+      $("music-out").hidden = false;
+    }
+    status("", true);
+  } catch (e) {
+    status("error: " + e.message);
+  } finally {
+    $("generate").disabled = false;
+  }
 }
 
 async function generatePoem() {
@@ -332,7 +379,8 @@ $("api-key").addEventListener("change", () => {
   localStorage.setItem("aigc-api-key", $("api-key").value);
   loadModels();
 });
-$("generate").addEventListener("click", () => (poemMode() ? generatePoem() : generateText()));
+$("generate").addEventListener("click", () => (poemMode() ? generatePoem() : musicMode() ? generateTune() :
+  generateText()));
 $("poem-form").addEventListener("change", showPoemForm);
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("clear").addEventListener("click", () => { history = []; renderHistory(); $("output").textContent = ""; });

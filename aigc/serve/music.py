@@ -1,0 +1,73 @@
+"""Tunes on the server: ``POST /v1/music`` (an aigc extension; OpenAI has no music route): ABC text from a
+music model, with MIDI, WAV and a piano roll rendered (:mod:`aigc.generate.music`), run as one job on the
+generation thread."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+
+from fastapi import APIRouter, Depends, Request
+
+from aigc.errors import AigcError
+from aigc.generate.music import compose, midi_bytes, piano_roll, soundfont, tune_prompt, wav_bytes
+from aigc.generate.text import TextModel
+from aigc.serve import protocol as P
+from aigc.serve.errors import APIError
+from aigc.serve.state import Served, check_seed, get_served, watch_disconnect
+from aigc.version import __version__
+
+router = APIRouter()
+
+
+def _rendered(tm: TextModel, tunes: list[dict], formats: list[str], prompt: str) -> list[dict]:
+    """Each tune as the API returns it: the ABC, whether it parses (and why not), and the chosen renderings."""
+    out = []
+    for t in tunes:
+        item = {"abc": t["abc"], "seed": t["seed"], "parses": t["tune"] is not None, "error": t["error"]}
+        if t["tune"] is not None:
+            tune = t["tune"]
+            item.update(notes=tune.notes, seconds=round(tune.seconds, 3))
+            info = {"generator": f"aigc {__version__}", "model": str(tm.folder), "seed": t["seed"], "prompt": prompt,
+                    "abc": tune.text}
+            make = {"mid": lambda: midi_bytes(tune), "wav": lambda: wav_bytes(tune), "png": lambda: piano_roll(tune, info)}
+            for fmt in formats:
+                item[f"{fmt}_base64"] = base64.b64encode(make[fmt]()).decode("ascii")
+        out.append(item)
+    return out
+
+
+@router.post("/v1/music")
+async def music(req: P.MusicRequest, request: Request, served: Served = Depends(get_served)):
+    """``n`` tunes after a header prompt, each checked: ``abc``, ``parses`` (and ``error`` when not) and the
+    renderings asked for in ``formats`` (``mid_base64``, ``wav_base64``, ``png_base64``), ``notes`` and
+    ``seconds`` (with repeats played, at 120 quarter notes a minute)."""
+    tm = served.model(req.model, TextModel, "/v1/music")
+    if tm.defaults.content != "abc":
+        raise APIError(400, f"model {req.model or tm.folder.name!r} does not write music (its generation_config.json "
+                       "has content = \"text\"); load a model trained on tunes", param="model")
+    try:
+        prompt = tune_prompt(req.prompt)
+        tm.encode(prompt)
+        settings = tm.settings(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p)
+        if "wav" in req.formats:
+            soundfont()
+    except AigcError as e:
+        raise APIError(400, str(e), param="formats" if "FluidSynth" in str(e) or "soundfont" in str(e)
+                       else "prompt") from None
+    served.check_prompt([prompt], "prompt")
+    check_seed(req.seed, req.n)
+    seed = secrets.randbelow(2**31) if req.seed is None else req.seed
+    job = served.submit(lambda: iter([_rendered(tm, compose(tm, prompt, req.n, seed, settings), req.formats,
+                                                prompt)]))
+    watcher = asyncio.create_task(watch_disconnect(request, job))
+    tunes = []
+    try:
+        async for item in job.results():
+            tunes = item
+    except AigcError as e:
+        raise APIError(400, str(e)) from None
+    finally:
+        watcher.cancel()
+    return {"object": "music.list", "model": req.model, "created": P.now(), "data": tunes}
