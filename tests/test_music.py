@@ -270,3 +270,15 @@ def test_the_page_plays_a_tune_and_shows_its_piano_roll(music_run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_model_trained_on_folk_abc_carries_the_corpus_terms(tmp_path):
+    from aigc.config import load_config
+    from aigc.data.music import TERMS
+    from aigc.data.sources import data_terms
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "folk-abc-gpt.toml")
+    assert data_terms(cfg.data) == TERMS and "non-commercial" in TERMS
+    from aigc.formats.model_folder import save_model_folder
+    from aigc.models.lstm import LSTMConfig, LSTMLM
+    save_model_folder(tmp_path / "m", LSTMLM(LSTMConfig(vocab_size=8, d_embed=4, d_hidden=4)), notice=TERMS)
+    assert (tmp_path / "m" / "NOTICE.txt").read_text(encoding="utf-8") == TERMS + "\n"

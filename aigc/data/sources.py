@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from aigc.config import DataConfig
 from aigc.data.code import read_code, read_python_stdlib, stdlib_root
-from aigc.data.music import COLLECTIONS, MUSIC_SUFFIXES, music21_corpus, read_music
+from aigc.data.music import COLLECTIONS, MUSIC_SUFFIXES, TERMS, music21_corpus, read_music
 from aigc.errors import AigcError
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -180,6 +180,11 @@ def is_music_source(cfg: DataConfig) -> bool:
         return DATASETS.get(cfg.dataset, {}).get("kind") == "music"
     return cfg.format == "music" or (cfg.format == "auto" and Path(cfg.source).suffix.lower() in MUSIC_SUFFIXES
                                       and Path(cfg.source).is_file())
+
+
+def data_terms(cfg: DataConfig) -> str | None:
+    """The terms a model trained on ``cfg``'s data inherits, when the data carries any (``folk-abc``)."""
+    return TERMS if cfg.dataset and DATASETS.get(cfg.dataset, {}).get("kind") == "music" else None
 
 
 def source_name(cfg: DataConfig) -> str:

@@ -27,13 +27,14 @@ from aigc.formats.model_folder import save_model_folder
 
 def save_checkpoint(run_dir: Path, model, optimizers: dict[str, torch.optim.Optimizer], tokenizer,
                     generation_config: dict | None, state: dict, keep: int,
-                    optimizer_states: dict[str, dict] | None = None) -> Path:
+                    optimizer_states: dict[str, dict] | None = None, notice: str | None = None) -> Path:
     """Write checkpoint ``step-{state['step']:06d}``, point ``latest`` at it, keep the newest ``keep``.
 
     ``optimizers`` maps names to optimizers (``{"model": ...}``, or a GAN's discriminator and
     generator); their tensors go to optimizer.safetensors as ``NAME.INDEX.KEY``.
     ``optimizer_states`` (the same names) gives their state dicts in ``Optimizer.state_dict()``'s
-    format instead, when they were gathered elsewhere (sharded training).
+    format instead, when they were gathered elsewhere (sharded training). ``notice``: the training
+    data's terms, NOTICE.txt in the checkpoint's model folder.
     """
     ckpts = checkpoint_dir(run_dir)
     name = f"step-{state['step']:06d}"
@@ -45,7 +46,7 @@ def save_checkpoint(run_dir: Path, model, optimizers: dict[str, torch.optim.Opti
                         for idx, entry in opt["state"].items() for key, value in entry.items()
                         if isinstance(value, torch.Tensor)})
     with atomic_dir(ckpts / name) as tmp:
-        save_model_folder(tmp, model, tokenizer, generation_config)
+        save_model_folder(tmp, model, tokenizer, generation_config, notice)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         write_json(tmp / "state.json", {**state, "optimizer_param_groups": groups})
     write_text(ckpts / "latest", name + "\n")

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
-from aigc.atomic import atomic_path, read_json, write_json
+from aigc.atomic import atomic_path, read_json, write_json, write_text
 from aigc.config import SampleConfig, build_dataclass
 from aigc.errors import AigcError
 from aigc.folders import CONFIG, folder_kind, resolve_model_folder
@@ -38,9 +38,10 @@ from aigc.models.lora import lora_modules, merge_lora
 
 
 def save_model_folder(folder: str | Path, model: torch.nn.Module, tokenizer=None,
-                      generation_config: dict | None = None) -> None:
+                      generation_config: dict | None = None, notice: str | None = None) -> None:
     """Write model.safetensors, config.json (+ tokenizer.json, generation_config.json) into ``folder``;
-    a model with LoRA adapters (a LoRA run) writes the adapter alone, naming its base.
+    a model with LoRA adapters (a LoRA run) writes the adapter alone, naming its base. ``notice``: the
+    terms of the training data, written to NOTICE.txt (a corpus for non-commercial use, say).
 
     Each file is written atomically; callers wanting the whole folder atomic write into
     a temporary folder (see :func:`aigc.atomic.atomic_dir`).
@@ -57,6 +58,8 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, tokenizer=None
         tokenizer.save(folder / "tokenizer.json")
     if generation_config is not None:
         write_json(folder / "generation_config.json", generation_config)
+    if notice:
+        write_text(folder / "NOTICE.txt", notice.rstrip("\n") + "\n")
 
 
 def resolve_base(base: str, adapter_folder: str | Path) -> Path:

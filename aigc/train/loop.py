@@ -226,7 +226,7 @@ class _Run:
         model = self.plain
         model.eval()
         save_checkpoint(self.run_dir, model, self.optimizers, self.task.tokenizer, self.task.generation_config,
-                        dict(self.state), self.t.keep_checkpoints, opt_states)
+                        dict(self.state), self.t.keep_checkpoints, opt_states, getattr(self.task, "notice", None))
         model.train()
         self.task.write_sample(model, self.run_dir, step)
         grid = self.run_dir / "samples" / f"step-{step:06d}.png"

@@ -29,6 +29,7 @@ from aigc.data.captions import (COLORS, GARMENTS, base_caption_tokenizer, captio
 from aigc.data.images import class_aliases
 from aigc.data.prepared import ensure_prepared
 from aigc.data.shards import bits_per_char
+from aigc.data.sources import data_terms
 from aigc.errors import AigcError
 from aigc.evaluate.classifier import FEATURE_SPACE, classify
 from aigc.evaluate.images import frechet_distance_features
@@ -75,6 +76,7 @@ class TextTask:
             self.tokenizer = copy.copy(data.tokenizer)
             self.tokenizer.config = {**data.tokenizer.config, CHAT_TRAINED: True}
         self.generation_config = dataclasses.asdict(cfg.sample)
+        self.notice = data_terms(cfg.data)  # NOTICE.txt in every checkpoint (music21's corpus terms)
         self.tpc = data.tokens_per_char("val")
 
     def configure_model(self, model_cfg, from_base: bool, base_tokenizer=None) -> None:
