@@ -282,3 +282,17 @@ def test_a_model_trained_on_folk_abc_carries_the_corpus_terms(tmp_path):
     from aigc.models.lstm import LSTMConfig, LSTMLM
     save_model_folder(tmp_path / "m", LSTMLM(LSTMConfig(vocab_size=8, d_embed=4, d_hidden=4)), notice=TERMS)
     assert (tmp_path / "m" / "NOTICE.txt").read_text(encoding="utf-8") == TERMS + "\n"
+
+
+def test_bach_chorales_become_their_soprano_melody_in_abc():
+    from aigc.data.music import bach_chorales
+    files = bach_chorales()
+    assert len(files) == 370 and all(f.suffix in (".mxl", ".xml") for f in files)
+    corpus = read_music(files[:3], progress=False, label="music21")
+    assert len(corpus.texts) == 3 and not corpus.skipped
+    for tune in corpus.texts:
+        header, body = parse_header(tune)
+        assert header.meter in ("3/4", "4/4") and header.key and syntax_problem(body) is None
+        fit, bars = meter_fit(tune)
+        assert bars >= 8 and fit >= 0.7 * bars  # phrase-end half bars without a repeat sign count against it
+    assert ":|" in corpus.texts[0] and corpus.texts[0].rstrip().endswith("|]")  # the repeat and the final bar

@@ -31,8 +31,25 @@ COLLECTIONS = {
 TERMS = ("From the corpus inside the music21 package (BSD-3 software; corpus/license.txt): some encodings are "
          "for non-commercial use only or carry other restrictions (the Essen folksongs: non-commercial use only). "
          "Models trained on this data inherit those terms.")
-MUSIC_SUFFIXES = (".abc", ".mid", ".midi", ".xml", ".musicxml")
+MUSIC_SUFFIXES = (".abc", ".mid", ".midi", ".xml", ".musicxml", ".mxl")
 MAX_FILE_BYTES = 4_000_000
+
+
+def bach_chorales() -> list[Path]:
+    """The chorales of J. S. Bach in music21's corpus (Riemenschneider's numbering; 370 of its 371 have a
+    MusicXML file), as files.
+
+    Raises:
+        AigcError: music21 or its corpus is missing.
+    """
+    root = music21_corpus()
+    from music21 import corpus
+
+    files = []
+    for name in corpus.chorales.Iterator(returnType="filename"):
+        found = [root / f"{name}{suffix}" for suffix in (".mxl", ".xml") if (root / f"{name}{suffix}").is_file()]
+        files += found[:1]  # one of the 371 (bwv18.5-l) is in the corpus under another name only: left out
+    return files
 
 
 def music21_corpus() -> Path:
@@ -84,7 +101,7 @@ def read_music(paths: list[Path], progress: bool = True, label: str | None = Non
             if path.is_dir() else [path]
     corpus, seen = MusicCorpus(files=len(files)), set()
     for path in tqdm(files, desc="reading tunes", unit="file", disable=not progress or len(files) < 50):
-        name = label and f"{label}/{path.relative_to(path.parents[1])}" or str(path)
+        name = f"{label}/{path.parent.name}/{path.name}" if label else str(path)
         for where, text in _tunes_of(path, name, corpus):
             try:
                 tune = normalise_tune(text, where)
@@ -108,13 +125,13 @@ def _tunes_of(path: Path, name: str, corpus: MusicCorpus) -> list[tuple[str, str
         if path.stat().st_size > MAX_FILE_BYTES:
             corpus.skipped.append(f"{name}: larger than {MAX_FILE_BYTES:,} bytes")
             return []
-        data = path.read_bytes()
+        data = path.read_bytes() if path.suffix.lower() == ".abc" else b""
     except OSError as e:
         corpus.skipped.append(f"{name}: cannot read ({e.strerror})")
         return []
     if path.suffix.lower() != ".abc":
         try:
-            return [(name, score_to_abc(read_score(data, path.suffix.lower(), name)))]
+            return [(name, score_to_abc(read_score(path, name)))]
         except AigcError as e:
             corpus.skipped.append(str(e) if str(e).startswith(name) else f"{name}: {e}")
             return []
@@ -128,17 +145,17 @@ def _tunes_of(path: Path, name: str, corpus: MusicCorpus) -> list[tuple[str, str
     return [(f"{name}:{line}", tune) for line, tune in tunes]
 
 
-def read_score(data: bytes, suffix: str, name: str):
-    """A music21 score from MIDI or MusicXML bytes.
+def read_score(path: Path, name: str):
+    """A music21 score from a MIDI or MusicXML (.xml, .musicxml, compressed .mxl) file.
 
     Raises:
         AigcError: naming ``name``: music21 cannot read it.
     """
     from music21 import converter  # imported here: music21 takes half a second to import
 
-    fmt = "midi" if suffix in (".mid", ".midi") else "musicxml"
+    fmt = "midi" if path.suffix.lower() in (".mid", ".midi") else "musicxml"
     try:
-        return converter.parseData(data, format=fmt)
+        return converter.parse(str(path), format=fmt, forceSource=True)
     except Exception as e:  # noqa: BLE001  music21 raises many kinds on a bad file
         raise AigcError(f"{name}: not a readable {'MIDI' if fmt == 'midi' else 'MusicXML'} file "
                         f"({type(e).__name__})") from None
@@ -202,12 +219,28 @@ def score_to_abc(score) -> str:
             out.append(_abc_pitch(pitch, key_alter, bar_alter) + length + tie)
             notes += 1
         if out:
-            bars.append(" ".join(out))
+            bars.append(_repeat_start(measure) + " ".join(out) + " " + _bar_line(measure))
     if not notes:
         raise AigcError("the score holds no notes")
-    lines = [" | ".join(bars[i:i + 4]) + " |" for i in range(0, len(bars), 4)]
+    lines = [" ".join(bars[i:i + 4]) for i in range(0, len(bars), 4)]
     return header_text(header) + "\n".join(lines) + "\n"
 
 
-__all__ = ["COLLECTIONS", "MUSIC_SUFFIXES", "MusicCorpus", "TERMS", "music21_corpus", "read_music", "read_score",
+def _repeat_start(measure) -> str:
+    """``|:`` when a repeat starts with ``measure``."""
+    left = measure.leftBarline
+    return "|: " if left is not None and getattr(left, "direction", None) == "start" else ""
+
+
+def _bar_line(measure) -> str:
+    """The bar line after ``measure``: ``:|`` ending a repeat, ``|]`` the end, ``||`` a double bar, else ``|``."""
+    right = measure.rightBarline
+    if right is None:
+        return "|"
+    if getattr(right, "direction", None) == "end":
+        return ":|"
+    return {"final": "|]", "light-heavy": "|]", "double": "||", "light-light": "||"}.get(right.type, "|")
+
+
+__all__ = ["bach_chorales", "COLLECTIONS", "MUSIC_SUFFIXES", "MusicCorpus", "TERMS", "music21_corpus", "read_music", "read_score",
            "score_to_abc"]

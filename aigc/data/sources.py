@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from aigc.config import DataConfig
 from aigc.data.code import read_code, read_python_stdlib, stdlib_root
-from aigc.data.music import COLLECTIONS, MUSIC_SUFFIXES, TERMS, music21_corpus, read_music
+from aigc.data.music import COLLECTIONS, MUSIC_SUFFIXES, TERMS, bach_chorales, music21_corpus, read_music
 from aigc.errors import AigcError
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -47,9 +47,16 @@ DATASETS = {
     },
     "folk-abc": {
         "kind": "music",
+        "collections": list(COLLECTIONS),
         "description": "12,000 folk tunes in ABC from the corpus inside the music21 package (O'Neill's, Ryan's "
                        "Mammoth, Aird's Airs, American fife and Northumbrian tunes, the Essen folksongs), "
                        "normalised headers; some encodings are for non-commercial use only (see aigc data list)",
+    },
+    "bach-chorales": {
+        "kind": "music",
+        "chorales": True,
+        "description": "the 371 chorales of J. S. Bach in music21's corpus, their soprano melody as ABC (the "
+                       "models and metrics here are melodic: the alto, tenor and bass are left out)",
     },
     "python-stdlib": {
         "path": stdlib_root(),
@@ -216,8 +223,9 @@ def read_corpus(cfg: DataConfig, progress: bool = True) -> tuple[list[str], str 
         return corpus.texts, corpus.report()
     if is_music_source(cfg):
         if cfg.dataset:
-            root = music21_corpus()
-            corpus = read_music([root / c for c in COLLECTIONS], progress, label="music21")
+            spec = DATASETS[cfg.dataset]
+            paths = bach_chorales() if spec.get("chorales") else [music21_corpus() / c for c in spec["collections"]]
+            corpus = read_music(paths, progress, label="music21")
         else:
             corpus = read_music([Path(p) for p in cfg.source.split(os.pathsep) if p], progress)
         return corpus.texts, corpus.report()
