@@ -70,6 +70,7 @@ class DataConfig:
     max_file_bytes: int = 1_000_000  # code: larger files are skipped
     fim_rate: float = 0.0  # share of train documents made fill-in-the-middle examples (Bavarian et al. 2022)
     fim_spm_rate: float = 0.5  # of those, the share in suffix-prefix-middle order (the rest prefix-suffix-middle)
+    transpose: list[int] = dataclasses.field(default_factory=list)  # music: also train on every train tune moved by these semitones (e.g. [-2, 2])
     chat_template: str = ""  # chat: "" = the tokenizer's own (a base model's tokenizer_config.json) | chatml
 
     def validate(self) -> None:
@@ -83,6 +84,8 @@ class DataConfig:
         if self.format == "chat" and self.dataset:
             raise AigcError(f"data.format = \"chat\" reads data.source (a .jsonl of conversations); data.dataset = "
                             f"{self.dataset!r} is not a chat dataset")
+        if not all(isinstance(k, int) and -12 <= k <= 12 for k in self.transpose):
+            raise AigcError(f"data.transpose = {self.transpose!r}: expected semitone shifts from -12 to 12, e.g. [-2, 2]")
         if self.format == "chat" and self.fim_rate > 0:
             raise AigcError("data.fim_rate > 0 does not apply to chat data (data.format = \"chat\"); set it to 0")
         if not self.extensions or not all(isinstance(e, str) and e.strip(".") for e in self.extensions):

@@ -296,3 +296,26 @@ def test_bach_chorales_become_their_soprano_melody_in_abc():
         fit, bars = meter_fit(tune)
         assert bars >= 8 and fit >= 0.7 * bars  # phrase-end half bars without a repeat sign count against it
     assert ":|" in corpus.texts[0] and corpus.texts[0].rstrip().endswith("|]")  # the repeat and the final bar
+
+
+def test_transposition_moves_every_note_by_the_interval_and_augments_only_the_train_tunes(tune_folder, tmp_path):
+    from aigc.data.transpose import transpose_key, transpose_tune
+    from aigc.generate.music import parse_tune
+    jig = "R:jig\nM:6/8\nK:D\nA|dfa afd|ecA ABc|d^fa =f2g|edc d2:|\n"
+    for k in (2, -1, 5, -12):
+        moved = transpose_tune(jig, k)
+        before, after = parse_tune(jig).score.flatten().notes, parse_tune(moved).score.flatten().notes
+        assert [b.pitch.midi - a.pitch.midi for a, b in zip(before, after)] == [k] * len(before)
+    assert transpose_tune(jig, 2).startswith("R:jig\nM:6/8\nK:E\nB|egb")
+    assert transpose_key("D", -1) == "Db" and transpose_key("Ador", 2) == "Bdor"
+    from aigc.config import DataConfig
+    from aigc.data.shards import TokenData, prepare
+    plain = TokenData(prepare(DataConfig(source=str(tune_folder), format="music", val_fraction=0.01),
+                              tmp_path / "plain", progress=False))
+    more = TokenData(prepare(DataConfig(source=str(tune_folder), format="music", val_fraction=0.01, transpose=[-2, 2]),
+                             tmp_path / "more", progress=False))
+    assert more.splits["val"].size == plain.splits["val"].size  # the held-out tune stays as it was
+    assert more.splits["train"].size > 2.5 * plain.splits["train"].size
+    with pytest.raises(AigcError, match="data.transpose applies to music"):
+        prepare(DataConfig(source=str(tune_folder / "set.abc"), format="txt", transpose=[2]), tmp_path / "t",
+                progress=False)

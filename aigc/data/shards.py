@@ -40,7 +40,8 @@ from aigc.config import DataConfig
 from aigc.data.fim import FIM_TOKENS, fim_example
 from aigc.data.chat import (BUILTIN_TEMPLATES, CHATML, CHATML_END, CHATML_START, ChatTemplate,
                             chat_template_from_config, read_chat_source, render_with_targets)
-from aigc.data.sources import is_chat_source, read_corpus, source_name
+from aigc.data.sources import is_chat_source, is_music_source, read_corpus, source_name
+from aigc.data.transpose import augment
 from aigc.data.tokenizer import DOC_TOKEN, Tokenizer, train_bpe_tokenizer, train_char_tokenizer
 from aigc.errors import AigcError
 
@@ -270,6 +271,14 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, progress: bool =
     is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
     train_docs = [d for d, v in zip(docs, is_val) if not v]
     val_docs = [d for d, v in zip(docs, is_val) if v]
+    if cfg.transpose:  # music: transposed copies of the train tunes only, so no val tune leaks in another key
+        if not is_music_source(cfg):
+            raise AigcError("data.transpose applies to music (data.format = \"music\" or a music dataset)")
+        extra, untransposed = augment(train_docs, cfg.transpose)
+        if progress:
+            print(f"transposed: {len(extra):,} more train tunes ({untransposed:,} in keys that do not transpose)",
+                  file=sys.stderr)
+        train_docs, docs = train_docs + extra, docs + extra
     tokenizer = _tokenizer_for(cfg, docs, train_docs, chatml=spans is not None and cfg.chat_template == "chatml",
                                exact=report is not None, progress=progress)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
@@ -333,8 +342,9 @@ def data_key(cfg: DataConfig) -> dict:
     """The part of a data config that determines the prepared shards (a reused tokenizer by its content)."""
     d = dataclasses.asdict(cfg)
     d.pop("prepared_dir")
-    if not cfg.chat_template:  # unset: folders prepared before the key existed still match
-        d.pop("chat_template")
+    for key in ("chat_template", "transpose"):
+        if not d[key]:  # unset: folders prepared before the key existed still match
+            d.pop(key)
     if cfg.tokenizer not in ("char", "bpe"):
         d["tokenizer"] = "tok-" + Tokenizer.load(cfg.tokenizer).fingerprint(with_config=True)
     return d
