@@ -1,4 +1,4 @@
-"""The music models after the same CPU time: for each run and budget, the checkpoint at or before that many
+"""The music models after the same CPU time: for each run and budget, the checkpoint nearest that many
 CPU minutes of training (the run's metrics.jsonl says the CPU time of each logged step), its val bits per
 character on the whole val split, and `aigc eval --task music` beside held-out tunes and the Markov floor.
 
@@ -23,19 +23,18 @@ from aigc.atomic import write_json  # noqa: E402
 
 
 def checkpoint_at(run: Path, cpu_minutes: float) -> tuple[Path, dict] | None:
-    """The newest checkpoint whose step was reached within ``cpu_minutes`` of training CPU time, and its
-    metrics row; None when the run has not trained that long yet."""
+    """The checkpoint nearest ``cpu_minutes`` of training CPU time (either side; checkpoints come every
+    few hundred steps), with its step and CPU minutes; None when the run has not trained that long yet."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     cpu = {r["step"]: r["cpu_s"] for r in rows if "cpu_s" in r}
     if not cpu or max(cpu.values()) < cpu_minutes * 60:
         return None
-    best = None
+    found = []
     for folder in sorted((run / "checkpoints").glob("step-*")):
         step = int(folder.name.split("-")[1])
-        known = max((s for s in cpu if s <= step), default=None)
-        if known is not None and cpu[known] <= cpu_minutes * 60:
-            best = (folder, {"step": step, "cpu_minutes": cpu[known] / 60})
-    return best
+        if step in cpu:
+            found.append((abs(cpu[step] - cpu_minutes * 60), folder, {"step": step, "cpu_minutes": cpu[step] / 60}))
+    return min(found, key=lambda f: f[0])[1:] if found else None
 
 
 def main() -> None:
