@@ -32,6 +32,7 @@ SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/def
               "/usr/share/sounds/sf2/TimGM6mb.sf2")
 SAMPLE_RATE = 22050  # Hz, mono 16-bit: enough for a melody, half the size of CD audio
 TEMPO = 120  # quarter notes per minute when a tune names none (music21's MIDI default)
+MAX_SECONDS = 600  # longest tune rendered to audio: ten minutes is 26 MB of WAV
 
 
 @dataclass
@@ -124,9 +125,12 @@ def wav_bytes(tune: Tune, timeout: float = 120.0) -> bytes:
     half a second after the last sound.
 
     Raises:
-        AigcError: FluidSynth or the soundfont is missing (:func:`soundfont`), or FluidSynth fails.
+        AigcError: FluidSynth or the soundfont is missing (:func:`soundfont`), the tune lasts longer than
+            :data:`MAX_SECONDS`, or FluidSynth fails.
     """
     font = soundfont()
+    if tune.seconds > MAX_SECONDS:
+        raise AigcError(f"the tune lasts {tune.seconds:.0f} s; audio is rendered for tunes up to {MAX_SECONDS} s")
     with tempfile.TemporaryDirectory(prefix="aigc-render-") as tmp:
         mid, wav = Path(tmp) / "tune.mid", Path(tmp) / "tune.wav"
         mid.write_bytes(midi_bytes(tune))
