@@ -137,6 +137,8 @@ def test_a_tiny_model_writes_a_tune_that_renders_to_midi_and_wav(music_run, tmp_
     with wave.open(str(tmp_path / "t.wav"), "rb") as w:
         seconds = w.getnframes() / w.getframerate()
     assert tune.seconds <= seconds <= tune.seconds + 1.5  # the last note's release, cut half a second after
+    write_tune(tune, tmp_path / "t.ogg", {"test": True})
+    assert (tmp_path / "t.ogg").read_bytes()[:4] == b"OggS" and (tmp_path / "t.ogg").stat().st_size < (tmp_path / "t.wav").stat().st_size
     write_tune(tune, tmp_path / "t.png", {"test": True})
     from PIL import Image
     assert Image.open(tmp_path / "t.png").width > 100

@@ -21,7 +21,8 @@ from aigc.version import __version__
 def wants_music(model, out: str | None) -> bool:
     """A music model (``content = "abc"``), or an output only a tune can fill (.abc .mid .wav)."""
     suffix = Path(out).suffix.lower() if out else ""
-    return model.defaults.content == "abc" and suffix not in (".txt", ".jsonl") or suffix in (".abc", ".mid", ".wav")
+    return model.defaults.content == "abc" and suffix not in (".txt", ".jsonl") or suffix in (".abc", ".mid", ".wav",
+                                                                                               ".ogg")
 
 
 def sample_music(model, args) -> int:
@@ -41,7 +42,7 @@ def sample_music(model, args) -> int:
                             f"piano roll); not {out.suffix or 'a name without a suffix'}")
         if not out.parent.is_dir():
             raise AigcError(f"--out {out}: the folder {out.parent} does not exist")
-        if out.suffix.lower() == ".wav":
+        if out.suffix.lower() in (".wav", ".ogg"):
             from aigc.generate.music import soundfont
             soundfont()  # FluidSynth and a soundfont, checked before any tune is made
     check_seed(args.seed)

@@ -27,7 +27,7 @@ from aigc.errors import AigcError
 from aigc.formats.credentials import sign_png
 from aigc.generate.images import provenance
 
-MUSIC_OUTPUTS = (".abc", ".mid", ".wav", ".png")
+MUSIC_OUTPUTS = (".abc", ".mid", ".wav", ".ogg", ".png")
 SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2",
               "/usr/share/sounds/sf2/TimGM6mb.sf2")
 SAMPLE_RATE = 22050  # Hz, mono 16-bit: enough for a melody, half the size of CD audio
@@ -120,30 +120,41 @@ def soundfont() -> Path:
                     "or set AIGC_SOUNDFONT to a .sf2 file")
 
 
-def wav_bytes(tune: Tune, timeout: float = 120.0) -> bytes:
-    """The tune rendered to audio: mono 16-bit WAV at :data:`SAMPLE_RATE`, the soundfont's silent tail cut
-    half a second after the last sound.
+def _fluidsynth(tune: Tune, suffix: str, timeout: float) -> bytes:
+    """The tune rendered by FluidSynth to a file of type ``suffix`` (``.wav``, or ``.ogg``: Ogg Vorbis);
+    its bytes.
 
     Raises:
         AigcError: FluidSynth or the soundfont is missing (:func:`soundfont`), the tune lasts longer than
-            :data:`MAX_SECONDS`, or FluidSynth fails.
+            :data:`MAX_SECONDS`, or FluidSynth fails or runs past ``timeout`` seconds.
     """
     font = soundfont()
     if tune.seconds > MAX_SECONDS:
         raise AigcError(f"the tune lasts {tune.seconds:.0f} s; audio is rendered for tunes up to {MAX_SECONDS} s")
     with tempfile.TemporaryDirectory(prefix="aigc-render-") as tmp:
-        mid, wav = Path(tmp) / "tune.mid", Path(tmp) / "tune.wav"
+        mid, audio = Path(tmp) / "tune.mid", Path(tmp) / f"tune{suffix}"
         mid.write_bytes(midi_bytes(tune))
-        cmd = ["fluidsynth", "-ni", "-q", "-g", "0.8", "-r", str(SAMPLE_RATE), "-F", str(wav), str(font), str(mid)]
+        cmd = ["fluidsynth", "-ni", "-q", "-g", "0.8", "-r", str(SAMPLE_RATE), "-T", "oga" if suffix == ".ogg" else "wav",
+               "-F", str(audio), str(font), str(mid)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise AigcError(f"FluidSynth did not finish within {timeout:.0f} s") from None
-        if proc.returncode != 0 or not wav.is_file():
+        if proc.returncode != 0 or not audio.is_file():
             raise AigcError(f"FluidSynth failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
-        with wave.open(str(wav), "rb") as w:
-            channels, rate = w.getnchannels(), w.getframerate()
-            frames = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, channels)
+        return audio.read_bytes()
+
+
+def wav_bytes(tune: Tune, timeout: float = 120.0) -> bytes:
+    """The tune rendered to audio: mono 16-bit WAV at :data:`SAMPLE_RATE`, the soundfont's silent tail cut
+    half a second after the last sound.
+
+    Raises:
+        AigcError: as :func:`_fluidsynth`.
+    """
+    with wave.open(io.BytesIO(_fluidsynth(tune, ".wav", timeout)), "rb") as w:
+        channels, rate = w.getnchannels(), w.getframerate()
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, channels)
     mono = frames.astype(np.int32).mean(axis=1)
     loud = np.flatnonzero(np.abs(mono) > 64)
     end = min(len(mono), (loud[-1] if len(loud) else 0) + rate // 2)
@@ -154,6 +165,16 @@ def wav_bytes(tune: Tune, timeout: float = 120.0) -> bytes:
         w.setframerate(rate)
         w.writeframes(np.clip(mono[:end], -32768, 32767).astype(np.int16).tobytes())
     return out.getvalue()
+
+
+def ogg_bytes(tune: Tune, timeout: float = 120.0) -> bytes:
+    """The tune rendered to compressed audio, Ogg Vorbis at :data:`SAMPLE_RATE` (a fifth of the WAV's size;
+    the soundfont's release tail is kept).
+
+    Raises:
+        AigcError: as :func:`_fluidsynth`.
+    """
+    return _fluidsynth(tune, ".ogg", timeout)
 
 
 def piano_roll(tune: Tune, info: dict, px_per_quarter: int = 24, px_per_semitone: int = 6) -> bytes:
@@ -184,7 +205,7 @@ def piano_roll(tune: Tune, info: dict, px_per_quarter: int = 24, px_per_semitone
 
 
 def write_tune(tune: Tune, path: Path, info: dict) -> Path:
-    """Write ``tune`` to ``path`` by its suffix (.abc text, .mid, .wav, .png piano roll), atomically.
+    """Write ``tune`` to ``path`` by its suffix (.abc text, .mid, .wav, .ogg, .png piano roll), atomically.
 
     Raises:
         AigcError: an unknown suffix (the known ones named), or rendering fails.
@@ -193,7 +214,8 @@ def write_tune(tune: Tune, path: Path, info: dict) -> Path:
     if suffix not in MUSIC_OUTPUTS:
         raise AigcError(f"{path}: a tune is written as {', '.join(MUSIC_OUTPUTS)}; not {suffix or 'no suffix'}")
     data = {".abc": lambda: tune.text.encode("utf-8"), ".mid": lambda: midi_bytes(tune),
-            ".wav": lambda: wav_bytes(tune), ".png": lambda: piano_roll(tune, info)}[suffix]()
+            ".wav": lambda: wav_bytes(tune), ".ogg": lambda: ogg_bytes(tune),
+            ".png": lambda: piano_roll(tune, info)}[suffix]()
     write_bytes(path, data)
     return path
 
@@ -241,4 +263,4 @@ def compose(tm, prompt: str, n: int = 1, seed: int | None = None, settings: Samp
     return out
 
 
-__all__ = ["MUSIC_OUTPUTS", "Tune", "compose", "tune_prompt", "midi_bytes", "parse_tune", "piano_roll", "soundfont", "wav_bytes", "write_tune"]
+__all__ = ["MUSIC_OUTPUTS", "Tune", "compose", "tune_prompt", "midi_bytes", "ogg_bytes", "parse_tune", "piano_roll", "soundfont", "wav_bytes", "write_tune"]
