@@ -321,3 +321,11 @@ def test_transposition_moves_every_note_by_the_interval_and_augments_only_the_tr
     with pytest.raises(AigcError, match="data.transpose applies to music"):
         prepare(DataConfig(source=str(tune_folder / "set.abc"), format="txt", transpose=[2]), tmp_path / "t",
                 progress=False)
+
+
+def test_data_list_names_the_music_datasets_and_their_terms(capsys):
+    from aigc.cli import main
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "folk-abc       [ok] music" in out and "bach-chorales  [ok] music" in out
+    assert "non-commercial use only" in out

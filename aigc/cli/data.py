@@ -7,6 +7,7 @@ import argparse
 from aigc.config import DataConfig, ImageDataConfig, build_dataclass, config_from_dict, parse_override, read_toml
 from aigc.data.images import IMAGE_DATASETS, ImageData, looks_like_images, prepare_images
 from aigc.data.shards import TokenData, prepare
+from aigc.data.music import TERMS, music21_corpus
 from aigc.data.sources import DATASETS
 from aigc.errors import AigcError
 
@@ -85,8 +86,17 @@ def data_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_data(args, overrides: list[str]) -> int:
     for name, spec in DATASETS.items():
-        present = "ok" if spec["path"].exists() else "missing"
+        if spec.get("kind") == "music":  # read from the music21 package's corpus
+            try:
+                music21_corpus()
+                present = "ok"
+            except AigcError:
+                present = "missing: pip install music21"
+        else:
+            present = "ok" if spec["path"].exists() else "missing"
         print(f"{name:14s} [{present}] {spec.get('kind', 'text')}: {spec['description']}")
+        if spec.get("kind") == "music":
+            print(f"{'':14s} terms: {TERMS}")
     for name, spec in IMAGE_DATASETS.items():
         present = "ok" if spec["path"].is_dir() else "missing: sudo apt-get install dataset-fashion-mnist"
         print(f"{name:14s} [{present}] images: {spec['description']}")

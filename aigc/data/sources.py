@@ -55,7 +55,7 @@ DATASETS = {
     "bach-chorales": {
         "kind": "music",
         "chorales": True,
-        "description": "the 371 chorales of J. S. Bach in music21's corpus, their soprano melody as ABC (the "
+        "description": "370 chorales of J. S. Bach in music21's corpus, their soprano melody as ABC (the "
                        "models and metrics here are melodic: the alto, tenor and bass are left out)",
     },
     "python-stdlib": {
