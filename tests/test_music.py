@@ -4,6 +4,7 @@ an unknown output, no FluidSynth)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import wave
 from fractions import Fraction
@@ -329,3 +330,57 @@ def test_data_list_names_the_music_datasets_and_their_terms(capsys):
     out = capsys.readouterr().out
     assert "folk-abc       [ok] music" in out and "bach-chorales  [ok] music" in out
     assert "non-commercial use only" in out
+
+
+# ---------------------------------------------------------------- hostile input (a review found these)
+def test_a_tiny_midi_file_lasting_days_is_skipped_before_it_fills_memory(tmp_path):
+    # 1 tick per quarter note, one note held 0x0FFFFFF ticks: 30 bytes that music21 would quantise into millions of bars
+    track = bytes([0x00, 0x90, 60, 64, 0x87, 0xFF, 0xFF, 0x7F, 0x80, 60, 0, 0x00, 0xFF, 0x2F, 0x00])
+    data = b"MThd" + (6).to_bytes(4, "big") + bytes([0, 0, 0, 1, 0, 1]) + b"MTrk" + len(track).to_bytes(4, "big") + track
+    (tmp_path / "long.mid").write_bytes(data)
+    with pytest.raises(AigcError, match=r"long\.mid: lasts [\d,]+ quarter notes; at most 20,000"):
+        read_music([tmp_path / "long.mid"], progress=False)
+
+
+def test_music21_hears_what_abc_means_and_long_tunes_are_refused_for_rendering():
+    from aigc.data.transpose import augment
+    from aigc.generate.music import midi_bytes, parse_tune
+    pitches = lambda t: [n.nameWithOctave for n in parse_tune(t).score.flatten().notes]  # noqa: E731
+    assert pitches("M:4/4\nK:C\n^F G F G|F2 G2|\n") == ["F#4", "G4", "F#4", "G4", "F4", "G4"]  # carried in the bar
+    assert pitches("M:4/4\nK:C\nF2 G2|[K:G] F2 G2|\n") == ["F4", "G4", "F#4", "G4"]  # a key change mid-tune
+    with pytest.raises(AigcError, match="tunes are rendered up to 600 s"):
+        midi_bytes(parse_tune("M:4/4\nK:C\nA99999999|\n"))
+    with pytest.raises(AigcError, match="too long to render"):
+        parse_tune("M:4/4\nK:C\n" + "|:A|1B:|2c" * 100 + "\n")
+    moved, skipped = augment(["M:4/4\nK:C\n__C D|\n", "M:4/4\nK:C\nC D|\n"], [1])
+    assert skipped == 1 and moved == ["M:4/4\nK:Db\nD Eb|\n".replace("Eb", "E")]
+
+
+def test_the_route_reports_a_tune_it_cannot_render_on_that_tune_alone(music_run):
+    from fastapi.testclient import TestClient
+
+    import aigc
+    from aigc.serve.app import create_app
+
+    client = TestClient(create_app({"folk": aigc.load(music_run)}))
+    r = client.post("/v1/music", json={"prompt": "M:4/4\nK:G\nA66666666|", "max_tokens": 1, "n": 2,
+                                       "formats": ["mid", "png"]})
+    assert r.status_code == 200, r.text
+    for tune in r.json()["data"]:
+        assert tune["parses"] and "mid_base64" not in tune and "600 s" in tune["render_error"]["mid"]
+    r = client.post("/v1/music", json={"prompt": "M:6/8\nK:D\n", "temperature": 500})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+
+
+def test_careless_music_requests_get_a_clear_error(music_run, served_model_folders, tmp_path, capsys):
+    from aigc.cli import main
+    assert main(["sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n\\nABc|"]) == 2
+    assert "blank line" in capsys.readouterr().err
+    assert main(["sample", str(music_run), "--n", "100000000", "--out", str(tmp_path / "t.mid")]) == 2
+    assert "expected 1 to 1000 tunes" in capsys.readouterr().err
+    assert main(["sample", str(served_model_folders["text"]), "--out", str(tmp_path / "t.mid")]) == 2
+    assert "tunes come from a music model" in capsys.readouterr().err
+    fifo = tmp_path / "x.abc"
+    os.mkfifo(fifo)
+    with pytest.raises(AigcError, match="not a regular file"):
+        read_music([fifo], progress=False)

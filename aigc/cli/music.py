@@ -19,10 +19,16 @@ from aigc.version import __version__
 
 
 def wants_music(model, out: str | None) -> bool:
-    """A music model (``content = "abc"``), or an output only a tune can fill (.abc .mid .wav)."""
+    """A music model (``content = "abc"``) writing tunes (not to .txt or .jsonl).
+
+    Raises:
+        AigcError: an output only a tune can fill (.abc .mid .wav .ogg) asked of a text model.
+    """
     suffix = Path(out).suffix.lower() if out else ""
-    return model.defaults.content == "abc" and suffix not in (".txt", ".jsonl") or suffix in (".abc", ".mid", ".wav",
-                                                                                               ".ogg")
+    if model.defaults.content != "abc" and suffix in (".abc", ".mid", ".wav", ".ogg"):
+        raise AigcError(f"--out {out}: tunes come from a music model (its generation_config.json says content = "
+                        f"\"abc\"); this one writes text")
+    return model.defaults.content == "abc" and suffix not in (".txt", ".jsonl")
 
 
 def sample_music(model, args) -> int:
@@ -33,8 +39,8 @@ def sample_music(model, args) -> int:
         the exit code: 0 when every tune parsed, 1 when some did not, 2 when none did.
     """
     n = 1 if args.n is None else args.n
-    if n < 1:
-        raise AigcError(f"--n {n}: expected at least 1 tune")
+    if not 1 <= n <= 1000:
+        raise AigcError(f"--n {n}: expected 1 to 1000 tunes")
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.suffix.lower() not in MUSIC_OUTPUTS:

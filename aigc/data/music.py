@@ -33,6 +33,8 @@ TERMS = ("From the corpus inside the music21 package (BSD-3 software; corpus/lic
          "Models trained on this data inherit those terms.")
 MUSIC_SUFFIXES = (".abc", ".mid", ".midi", ".xml", ".musicxml", ".mxl")
 MAX_FILE_BYTES = 4_000_000
+MAX_QUARTERS = 20_000  # longest MIDI or MusicXML score read, in quarter notes (about three hours at 120 a minute)
+MAX_UNZIPPED = 40_000_000  # bytes a compressed MusicXML (.mxl) may unpack to
 
 
 def bach_chorales() -> list[Path]:
@@ -97,6 +99,8 @@ def read_music(paths: list[Path], progress: bool = True, label: str | None = Non
     for path in paths:
         if not path.exists():
             raise AigcError(f"{path}: no such file or directory")
+        if not path.is_dir() and not path.is_file():
+            raise AigcError(f"{path}: not a regular file or a folder (a device, a pipe or a socket)")
         files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MUSIC_SUFFIXES) \
             if path.is_dir() else [path]
     corpus, seen = MusicCorpus(files=len(files)), set()
@@ -154,11 +158,42 @@ def read_score(path: Path, name: str):
     from music21 import converter  # imported here: music21 takes half a second to import
 
     fmt = "midi" if path.suffix.lower() in (".mid", ".midi") else "musicxml"
+    _check_score_file(path, name, fmt)
     try:
         return converter.parse(str(path), format=fmt, forceSource=True)
     except Exception as e:  # noqa: BLE001  music21 raises many kinds on a bad file
         raise AigcError(f"{name}: not a readable {'MIDI' if fmt == 'midi' else 'MusicXML'} file "
                         f"({type(e).__name__})") from None
+
+
+def _check_score_file(path: Path, name: str, fmt: str) -> None:
+    """Refuse, before music21 reads it, a score that would take unbounded memory: a compressed MusicXML
+    that unpacks to more than :data:`MAX_UNZIPPED` bytes, a MIDI file longer than :data:`MAX_QUARTERS`.
+
+    Raises:
+        AigcError: naming ``name`` and the reason.
+    """
+    if path.suffix.lower() == ".mxl":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                unpacked = sum(i.file_size for i in z.infolist())
+        except (zipfile.BadZipFile, OSError):
+            raise AigcError(f"{name}: not a readable compressed MusicXML (.mxl) file") from None
+        if unpacked > MAX_UNZIPPED:
+            raise AigcError(f"{name}: unpacks to {unpacked:,} bytes; at most {MAX_UNZIPPED:,} are read")
+    if fmt != "midi":
+        return
+    from music21 import midi
+    mf = midi.MidiFile()
+    try:
+        mf.readstr(path.read_bytes())
+    except Exception:  # noqa: BLE001  music21 raises many kinds on a bad file
+        raise AigcError(f"{name}: not a readable MIDI file") from None
+    ticks = max((sum(e.time for e in t.events if e.isDeltaTime()) for t in mf.tracks), default=0)
+    quarters = ticks / max(mf.ticksPerQuarterNote or 1, 1)
+    if quarters > MAX_QUARTERS:
+        raise AigcError(f"{name}: lasts {quarters:,.0f} quarter notes; at most {MAX_QUARTERS:,} are read")
 
 
 _STEPS = "CDEFGAB"

@@ -19,7 +19,7 @@ MODES = {"": (0, 0), "maj": (0, 0), "major": (0, 0), "ion": (0, 0), "ionian": (0
          "phr": (4, 2), "phrygian": (4, 2), "lyd": (5, 3), "lydian": (5, 3), "mix": (7, 4), "mixolydian": (7, 4),
          "m": (9, 5), "min": (9, 5), "minor": (9, 5), "aeo": (9, 5), "aeolian": (9, 5), "loc": (11, 6), "locrian": (11, 6)}
 _KEY = re.compile(r"^([A-G])([#b]?)([A-Za-z]*)$")
-_NOTE = re.compile(r"(\[[KLM]:[^\]]*\])|([_^=]{0,2})([A-Ga-g])([,']*)|(\|)")
+NOTE_TOKEN = re.compile(r"(\[[KLM]:[^\]]*\])|([_^=]{0,2})([A-Ga-g])([,']*)|(\|)")
 _MARK = {-2: "__", -1: "_", 0: "=", 1: "^", 2: "^^"}
 
 
@@ -113,12 +113,14 @@ def transpose_tune(tune: str, semitones: int) -> str:
             new_alter = pitch - 12 * new_octave - NATURAL[new_letter]
         mark = ""
         if new_bar.get((new_letter, new_octave), new_sig[new_letter]) != new_alter:
+            if new_alter not in _MARK:
+                raise AigcError(f"tune: a note ({m.group(0)}) cannot be spelled {semitones:+d} semitones away")
             mark = _MARK[new_alter]
             new_bar[(new_letter, new_octave)] = new_alter
         text = new_letter if new_octave <= 4 else new_letter.lower()
         return mark + text + "," * max(0, 4 - new_octave) + "'" * max(0, new_octave - 5)
 
-    return tune.replace(f"K:{header.key}\n", f"K:{new_key}\n", 1).removesuffix(body) + _NOTE.sub(one, body)
+    return tune.replace(f"K:{header.key}\n", f"K:{new_key}\n", 1).removesuffix(body) + NOTE_TOKEN.sub(one, body)
 
 
 def augment(tunes: list[str], shifts: list[int]) -> tuple[list[str], int]:
@@ -136,4 +138,4 @@ def augment(tunes: list[str], shifts: list[int]) -> tuple[list[str], int]:
     return out, skipped
 
 
-__all__ = ["augment", "signature", "transpose_key", "transpose_tune"]
+__all__ = ["NOTE_TOKEN", "augment", "signature", "transpose_key", "transpose_tune"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 from aigc.atomic import write_bytes
 from aigc.config import SampleConfig
 from aigc.data.abc import FIELD, normalise_tune, parse_header, syntax_problem
+from aigc.data.transpose import NOTE_TOKEN, signature
 from aigc.errors import AigcError
 from aigc.formats.credentials import sign_png
 from aigc.generate.images import provenance
@@ -32,7 +34,10 @@ SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/def
               "/usr/share/sounds/sf2/TimGM6mb.sf2")
 SAMPLE_RATE = 22050  # Hz, mono 16-bit: enough for a melody, half the size of CD audio
 TEMPO = 120  # quarter notes per minute when a tune names none (music21's MIDI default)
-MAX_SECONDS = 600  # longest tune rendered to audio: ten minutes is 26 MB of WAV
+MAX_SECONDS = 600  # longest tune rendered (MIDI, audio, piano roll): ten minutes is 26 MB of WAV
+MAX_BODY = 6000  # characters of a tune body parsed by music21 (its time grows faster than the length)
+MAX_REPEATS = 64  # repeat signs and endings (music21's expansion of repeats is quadratic in them)
+REPEATS = re.compile(r":\||\|:|::|\|[12]|\[[12]")
 
 
 @dataclass
@@ -62,11 +67,15 @@ def parse_tune(text: str) -> Tune:
     from music21 import converter, meter
 
     norm = normalise_tune(text if text.lstrip().startswith("X:") else "X:1\n" + text, "the tune")
-    problem = syntax_problem(parse_header(norm, "the tune")[1])
+    header, body = parse_header(norm, "the tune")
+    problem = syntax_problem(body)
     if problem:
         raise AigcError(f"the tune is not well-formed ABC: {problem}")
+    if len(body) > MAX_BODY or len(REPEATS.findall(body)) > MAX_REPEATS:
+        raise AigcError(f"the tune is too long to render ({len(body):,} characters, {len(REPEATS.findall(body))} "
+                        f"repeat signs and endings; at most {MAX_BODY:,} and {MAX_REPEATS})")
     try:
-        score = converter.parse(norm, format="abc")
+        score = converter.parse(norm[:len(norm) - len(body)] + for_music21(body, header.key), format="abc")
     except Exception as e:  # noqa: BLE001  music21's ABC parser raises many kinds
         raise AigcError(f"the tune does not parse as ABC ({type(e).__name__}: {str(e)[:120]})") from None
     seen = set()
@@ -88,6 +97,34 @@ def parse_tune(text: str) -> Tune:
     return Tune(norm, score, notes, quarters * 60.0 / TEMPO)
 
 
+def for_music21(body: str, key: str) -> str:
+    """A normalised tune body as music21 reads it right: an accidental carried through its bar (ABC 2.1; music21
+    applies it to one note) written on every later note of that pitch and octave in the bar, and a
+    mid-tune ``[K:]`` ``[L:]`` ``[M:]`` put on a line of its own (music21 ignores inline fields)."""
+    sig = signature(key) or {}
+    bar: dict[tuple[str, int], str] = {}
+
+    def one(m: re.Match) -> str:
+        nonlocal sig
+        if m.group(1):  # an inline field
+            if m.group(1)[1] == "K":
+                sig = signature(m.group(1)[3:-1].strip()) or {}
+                bar.clear()
+            return "\n" + m.group(1)[1:-1] + "\n"
+        if m.group(5):
+            bar.clear()
+            return m.group(0)
+        marks, char, octs = m.group(2), m.group(3), m.group(4)
+        place = (char, octs)
+        if marks:
+            bar[place] = marks
+            return m.group(0)
+        return bar.get(place, "") + char + octs if place in bar else m.group(0)
+
+    out = NOTE_TOKEN.sub(one, body)
+    return "\n".join(line for line in out.split("\n") if line.strip()) + "\n"
+
+
 def midi_bytes(tune: Tune) -> bytes:
     """The tune as a standard MIDI file (one track, piano, :data:`TEMPO`).
 
@@ -96,6 +133,7 @@ def midi_bytes(tune: Tune) -> bytes:
     """
     from music21 import midi
 
+    _check_length(tune)
     try:
         mf = midi.translate.streamToMidiFile(tune.score)
         return mf.writestr()
@@ -120,6 +158,12 @@ def soundfont() -> Path:
                     "or set AIGC_SOUNDFONT to a .sf2 file")
 
 
+def _check_length(tune: Tune) -> None:
+    """Raise AigcError for a tune longer than :data:`MAX_SECONDS` (its MIDI would not even be valid)."""
+    if tune.seconds > MAX_SECONDS:
+        raise AigcError(f"the tune lasts {tune.seconds:,.0f} s; tunes are rendered up to {MAX_SECONDS} s")
+
+
 def _fluidsynth(tune: Tune, suffix: str, timeout: float) -> bytes:
     """The tune rendered by FluidSynth to a file of type ``suffix`` (``.wav``, or ``.ogg``: Ogg Vorbis);
     its bytes.
@@ -129,8 +173,7 @@ def _fluidsynth(tune: Tune, suffix: str, timeout: float) -> bytes:
             :data:`MAX_SECONDS`, or FluidSynth fails or runs past ``timeout`` seconds.
     """
     font = soundfont()
-    if tune.seconds > MAX_SECONDS:
-        raise AigcError(f"the tune lasts {tune.seconds:.0f} s; audio is rendered for tunes up to {MAX_SECONDS} s")
+    _check_length(tune)
     with tempfile.TemporaryDirectory(prefix="aigc-render-") as tmp:
         mid, audio = Path(tmp) / "tune.mid", Path(tmp) / f"tune{suffix}"
         mid.write_bytes(midi_bytes(tune))
@@ -181,6 +224,7 @@ def piano_roll(tune: Tune, info: dict, px_per_quarter: int = 24, px_per_semitone
     """A piano-roll PNG of the tune: time to the right (a quarter note is ``px_per_quarter`` pixels, bar
     lines in grey), pitch upwards (a semitone is ``px_per_semitone`` pixels, C rows shaded), with
     provenance chunks for ``info`` and signed C2PA credentials."""
+    _check_length(tune)
     notes = [(float(n.offset), float(n.quarterLength), p.midi) for n in tune.score.flatten().notes for p in n.pitches]
     low, high = min(m for _, _, m in notes) - 2, max(m for _, _, m in notes) + 2
     width = int(max(o + d for o, d, _ in notes) * px_per_quarter) + 20
@@ -229,6 +273,8 @@ def tune_prompt(prompt: str) -> str:
         AigcError: an unknown header field, a field twice, or a value ABC does not allow (named).
     """
     prompt = prompt.replace("\\n", "\n")
+    if "\n\n" in prompt.strip("\n") or prompt.startswith("\n"):
+        raise AigcError("prompt: holds a blank line, which ends a tune in ABC; give one tune's header and start")
     last = prompt.rsplit("\n", 1)[-1]
     if last and FIELD.match(last):
         prompt += "\n"

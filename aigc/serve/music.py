@@ -21,9 +21,14 @@ from aigc.version import __version__
 router = APIRouter()
 
 
+MAX_AUDIO_SECONDS = 600  # audio rendered for one request, all its tunes together
+
+
 def _rendered(tm: TextModel, tunes: list[dict], formats: list[str], prompt: str) -> list[dict]:
-    """Each tune as the API returns it: the ABC, whether it parses (and why not), and the chosen renderings."""
-    out = []
+    """Each tune as the API returns it: the ABC, whether it parses (and why not), and the chosen renderings;
+    a rendering that fails (a tune too long, say) is ``render_error`` on that tune alone, and audio stops
+    after :data:`MAX_AUDIO_SECONDS` for the request."""
+    out, audio = [], 0.0
     for t in tunes:
         item = {"abc": t["abc"], "seed": t["seed"], "parses": t["tune"] is not None, "error": t["error"]}
         if t["tune"] is not None:
@@ -33,7 +38,13 @@ def _rendered(tm: TextModel, tunes: list[dict], formats: list[str], prompt: str)
                     "abc": tune.text}
             make = {"mid": lambda: midi_bytes(tune), "wav": lambda: wav_bytes(tune), "png": lambda: piano_roll(tune, info)}
             for fmt in formats:
-                item[f"{fmt}_base64"] = base64.b64encode(make[fmt]()).decode("ascii")
+                try:
+                    if fmt == "wav" and audio + tune.seconds > MAX_AUDIO_SECONDS:
+                        raise AigcError(f"this request's audio would pass {MAX_AUDIO_SECONDS} s; ask for fewer tunes")
+                    item[f"{fmt}_base64"] = base64.b64encode(make[fmt]()).decode("ascii")
+                    audio += tune.seconds if fmt == "wav" else 0.0
+                except AigcError as e:
+                    item.setdefault("render_error", {})[fmt] = str(e)
         out.append(item)
     return out
 
@@ -50,12 +61,17 @@ async def music(req: P.MusicRequest, request: Request, served: Served = Depends(
     try:
         prompt = tune_prompt(req.prompt)
         tm.encode(prompt)
+    except AigcError as e:
+        raise APIError(400, str(e), param="prompt") from None
+    try:
         settings = tm.settings(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p)
+    except AigcError as e:
+        raise APIError(400, str(e), param=str(e).split(" ")[0]) from None
+    try:
         if "wav" in req.formats:
             soundfont()
     except AigcError as e:
-        raise APIError(400, str(e), param="formats" if "FluidSynth" in str(e) or "soundfont" in str(e)
-                       else "prompt") from None
+        raise APIError(400, str(e), param="formats") from None
     served.check_prompt([prompt], "prompt")
     check_seed(req.seed, req.n)
     seed = secrets.randbelow(2**31) if req.seed is None else req.seed
