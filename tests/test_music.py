@@ -197,9 +197,9 @@ def test_bad_prompts_and_outputs_are_refused_before_any_tune_is_made(music_run, 
     assert "M:7/0 is not an ABC meter" in capsys.readouterr().err
     assert main(["sample", str(music_run), "--prompt", "T:My tune\\nK:D\\n"]) == 2
     assert "field T: is not one" in capsys.readouterr().err
-    assert main(["sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.ogg")]) == 2
+    assert main(["sample", str(music_run), "--prompt", "M:6/8\\nK:D\\n", "--out", str(tmp_path / "t.ogx")]) == 2
     err = capsys.readouterr().err
-    assert "not .ogg" in err and ".mid" in err and not (tmp_path / "t.ogg").exists()
+    assert "not .ogx" in err and ".mid" in err and not (tmp_path / "t.ogx").exists()
     with pytest.raises(AigcError, match="K:H# is not an ABC key"):
         parse_header("M:6/8\nK:H#\n")
 
