@@ -257,6 +257,7 @@ def test_the_page_plays_a_tune_and_shows_its_piano_roll(music_run, tmp_path):
             page.goto(url + "/")
             page.wait_for_function("document.querySelectorAll('#model option').length === 1")
             assert page.text_content("#prompt-label").startswith("Tune header")
+            assert not page.is_visible("#poem-row")  # no poem forms for a model of tunes
             page.fill("#prompt", "R:jig\nM:6/8\nK:D")
             page.fill("#seed", "3")
             page.click("#generate")
