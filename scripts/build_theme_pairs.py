@@ -11,7 +11,9 @@ inverse document frequency over the corpus, Spärck Jones 1972): single characte
 bigrams of the body, and the title's characters, among those found in at least 50 poems and in at
 most a quarter of them (rare names and the commonest function characters say little; 秋, 月 or 春
 stay in); one to three of the best four, in the order they first appear, joined by spaces.
-Deterministic (seeded by each poem's position).
+Deterministic (seeded by each poem's position). The poems of the pretraining's val split
+(configs/tang-base-long.toml's data section, split as `aigc train` splits it) are left out, so the
+fine-tuned model's val bits per character on that split still measure held-out poems.
 
 Writes ``prepared/theme-pairs/corpus.jsonl`` (``{"text": "KEYWORDS\\nBODY"}`` and ``{"text":
 "TITLE\\nBODY"}`` lines) and ``report.json`` beside it.
@@ -22,12 +24,14 @@ from __future__ import annotations
 import collections
 import json
 import math
+import os
 import random
 import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 SOURCE = REPO / "prepared" / "classical-poetry" / "corpus.jsonl"
 OUT = REPO / "prepared" / "theme-pairs"
 MIN_DF, MAX_SHARE = 50, 0.25
@@ -45,11 +49,17 @@ def words_of(title: str, body: str) -> collections.Counter:
 def main() -> None:
     if not SOURCE.is_file():
         sys.exit(f"error: {SOURCE}: missing; run `python scripts/build_tang_base.py corpus` first")
+    from aigc.config import load_config
+    from aigc.data.shards import split_corpus
+
+    os.chdir(REPO)  # the config's paths are relative to the repository
+    data = load_config(REPO / "configs" / "tang-base-long.toml").data
+    held_out = set(split_corpus(data)[1])
     poems = []
     for line in SOURCE.read_text(encoding="utf-8").splitlines():
         text = json.loads(line)["text"]
         title, _, body = text.partition("\n")
-        if body:
+        if body and text not in held_out:
             poems.append((title, body))
     df = collections.Counter(w for title, body in poems for w in words_of(title, body).keys())
     n = len(poems)
@@ -70,7 +80,7 @@ def main() -> None:
             f.write(json.dumps({"text": f"{keywords}\n{body}"}, ensure_ascii=False) + "\n")
             kept += 1
     (OUT / "corpus.jsonl.tmp").replace(OUT / "corpus.jsonl")
-    report = {"poems": n, "with_keywords": kept, "keyword_vocabulary": len(idf), "min_df": MIN_DF,
+    report = {"poems": n, "val_poems_left_out": len(held_out), "with_keywords": kept, "keyword_vocabulary": len(idf), "min_df": MIN_DF,
               "max_share": MAX_SHARE, "source": str(SOURCE.relative_to(REPO))}
     (OUT / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(report, ensure_ascii=False))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aigc.data.poetry import FORMS, check, form_named, line_pattern, poem_lines, templates
+from aigc.data.poetry import FORMS, check, form_named, line_pattern, poem_lines, repeated_characters, templates
 from aigc.data.rhyme import PING, ZE, rhyme_tables
 from aigc.errors import AigcError
 
@@ -116,6 +116,18 @@ def test_acrostic_no_copied_lines_and_reranking(tang):
     shipped = shipped_lines(7)
     for p in poems:
         assert not any(x[-1] in shipped.get(x[:-1], ()) for x in poem_lines(p["text"])[1])
+
+
+def test_no_character_twice_unless_a_reduplication_or_asked(tang):
+    from aigc.generate.poem import write_poems
+
+    assert repeated_characters("题\n萧萧梧叶送寒声，江上秋风动客情。") == []  # 叶绍翁's 叠字
+    assert repeated_characters("题\n萧萧萧叶送寒声，江上秋风动叶情。") == ["萧", "叶"]
+    poems = write_poems(tang, "秋天的落叶", "七律", n=4, seed=0) + write_poems(tang, "春", "鹧鸪天", n=2, seed=1)
+    poems += write_poems(tang, "月", "五绝", n=2, seed=2, acrostic="花月")
+    assert all(repeated_characters(p["text"]) == [] and p["verdict"].ok for p in poems), [p["text"] for p in poems]
+    loose = write_poems(tang, "秋天的落叶", "七律", n=4, seed=0, repeats=True)
+    assert any(repeated_characters(p["text"]) for p in loose)  # the model does repeat when let (seed 0: 落花...落花)
 
 
 def test_poem_bad_input(tang, capsys):

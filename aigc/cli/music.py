@@ -10,8 +10,8 @@ from aigc.atomic import check_target, write_json
 from aigc.cli.common import check_seed, model_and_config, sampling_overrides
 from aigc.data.abc import header_text, parse_header
 from aigc.data.music import TERMS
-from aigc.data.shards import split_documents
-from aigc.data.sources import is_music_source, read_documents
+from aigc.data.shards import split_corpus
+from aigc.data.sources import is_music_source
 from aigc.errors import AigcError
 from aigc.evaluate.music import BarIndex, markov_tunes, music_metrics, tune_features
 from aigc.generate.music import MUSIC_OUTPUTS, compose, tune_prompt, write_tune
@@ -87,10 +87,7 @@ def eval_music(args, overrides: list[str]) -> int:
     if cfg.is_image or not is_music_source(cfg.data):
         raise AigcError(f"--task music: the run's data is not music (data.dataset = 'folk-abc', or data.format = "
                         f"'music'); got {cfg.data.dataset or cfg.data.source!r}")
-    docs = read_documents(cfg.data, progress=not args.quiet)
-    is_val = split_documents(len(docs), cfg.data.val_fraction, cfg.data.split_seed)
-    train = [d for d, v in zip(docs, is_val) if not v]
-    val = [d for d, v in zip(docs, is_val) if v]
+    train, val = split_corpus(cfg.data, progress=not args.quiet)
     if len(val) < 2:
         raise AigcError(f"the val split holds {len(val)} tune; need at least 2 (raise data.val_fraction)")
     real = val[:min(args.samples, len(val) // 2)]  # scored as samples; the rest is the reference

@@ -32,6 +32,8 @@ def poem_arguments(p) -> None:
     p.add_argument("--seed", type=int, help="seed: candidate i uses seed + i")
     p.add_argument("--strict", action="store_true", help="check every character's tone, not only the 2nd, "
                    "4th, 6th and last")
+    p.add_argument("--repeats", action="store_true", help="allow a character twice in a poem (by default "
+                   "only a reduplication such as 萧萧 repeats: regulated verse avoids 重字)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
     p.add_argument("--json", action="store_true", help="one JSON object per candidate")
     add_runtime_flags(p)
@@ -63,7 +65,8 @@ def run_poem(args, overrides: list[str]) -> int:
     form = tune_named(args.tune) if args.tune else form_named(args.form or "七言绝句")
     forbidden = forbidden_lines(form)
     settings = tm.settings(temperature=args.temperature) if args.temperature is not None else None
-    poems = write_poems(tm, theme, form, args.n, seed, args.acrostic, not args.strict, forbidden, settings)
+    poems = write_poems(tm, theme, form, args.n, seed, args.acrostic, not args.strict, forbidden, settings,
+                        args.repeats)
     for rank, p in enumerate(poems, 1):
         v = p["verdict"]
         if args.json:

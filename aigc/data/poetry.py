@@ -120,6 +120,19 @@ def poem_lines(text: str, marks: str = "，。？！；") -> tuple[str, list[str
     return title, lines, found
 
 
+def repeated_characters(text: str, marks: str = "，。？！；") -> list[str]:
+    """The characters of a poem's body that come again after their first use (重字, which regulated verse
+    avoids), in order; a 叠字 (a character twice in a row within a line, not three times) is not a repeat."""
+    seen, out = set(), []
+    for line in poem_lines(text, marks)[1]:
+        for i, ch in enumerate(line):
+            double = i > 0 and line[i - 1] == ch and not (i > 1 and line[i - 2] == ch)
+            if ch in seen and not double:
+                out.append(ch)
+            seen.add(ch)
+    return out
+
+
 @dataclass
 class Verdict:
     """The checker's verdict on one poem for one form.

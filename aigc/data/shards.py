@@ -224,6 +224,19 @@ def _documents(cfg: DataConfig, progress: bool):
     return docs, spans, chat, report, vocab_report
 
 
+def split_corpus(cfg: DataConfig, progress: bool = False) -> tuple[list[str], list[str]]:
+    """The train and val documents of ``cfg`` exactly as :func:`prepare` splits them (after the
+    vocabulary check of a base model's tokenizer), for evaluations and derived corpora that must keep
+    the val documents out.
+
+    Raises:
+        AigcError: as :func:`prepare` does when reading the corpus.
+    """
+    docs = _documents(cfg, progress)[0]
+    is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
+    return [d for d, v in zip(docs, is_val) if not v], [d for d, v in zip(docs, is_val) if v]
+
+
 def _tokenizer_for(cfg: DataConfig, docs: list[str], train_docs: list[str], chatml: bool, exact: bool,
                    progress: bool) -> Tokenizer:
     """Step 2 of :func:`prepare`: the tokenizer (a new char or BPE one, or the reused base's), with

@@ -6,7 +6,9 @@ Before each character the sampler may draw only tokens that keep the poem inside
 sample's tonal template there (the checked positions; with the 一三五不论 leniency only the
 second, fourth, sixth and last), at a rhyming line's last position the 平 characters of the
 poem's rhyme group (fixed by the first rhyming line; no rhyme character twice), then exactly ``，`` or ``。``, a newline after
-each couplet, and the end of the document after the last. An acrostic (藏头诗) fixes each
+each couplet, and the end of the document after the last. No character comes twice in a poem (regulated
+verse avoids 重字), except a reduplication (叠字: 萧萧, 纷纷), which may follow its character once
+within a line; ``repeats=True`` lifts the rule. An acrostic (藏头诗) fixes each
 line's first character. A line of the training corpus is never completed verbatim: at a line's
 last position the characters that would finish one are masked. It works through the engine's
 hook (``allowed()`` / ``advance()``, :mod:`aigc.generate.engine`), so the model's own
@@ -95,7 +97,8 @@ class PoemPlan:
     """What every sample must be: its lines (one list per sample: the same lengths and marks, each
     sample's own tonal template), the rhyme table (``shi``: 平 groups of the 平水韵; ``ci``: the 词林正韵
     部 of tone ``ci_tone``), the acrostic characters (or ""), and the training lines never to complete
-    (prefix -> last characters). ``name``: the form or tune, for the checker."""
+    (prefix -> last characters). ``name``: the form or tune, for the checker. ``repeats``: a character may
+    come twice in a poem (by default only a 叠字 may)."""
 
     name: str
     lines: list[list[LineSpec]]
@@ -103,6 +106,7 @@ class PoemPlan:
     acrostic: str
     forbidden: dict[str, set[str]]
     ci_tone: str = PING
+    repeats: bool = False
 
 
 class PoemState:
@@ -124,6 +128,9 @@ class PoemState:
         self.line = [""] * n  # each sample's current line
         self.group: list[set[str] | None] = [None] * n  # candidate rhyme groups once the first rhyme is drawn
         self.rhymed: list[set[int]] = [set() for _ in range(n)]  # rhyme characters used (never twice: 重韵)
+        reserved = {vocab.ids[c] for c in plan.acrostic if c in vocab.ids}  # kept for their own line's start
+        self.used: list[set[int]] = [set(reserved) for _ in range(n)]  # characters in the poem so far (重字)
+        self.double: list[bool] = [False] * n  # the line's last two characters are a 叠字
         tables = rhyme_tables()
         if plan.rhyme == "shi":
             self.all_groups = {g for g in vocab.groups if g in tables.groups}
@@ -155,6 +162,11 @@ class PoemState:
             for ch in plan.forbidden.get(self.line[sample], ()):  # never complete a training line
                 if ch in v.ids:
                     mask[v.ids[ch]] = False
+        if not plan.repeats:
+            used = set(self.used[sample])
+            if pos > 0 and not self.double[sample]:  # a 叠字 may follow its character once
+                used.discard(v.ids[self.line[sample][-1]])
+            mask[list(used)] = False
         return mask
 
     def allowed(self) -> torch.Tensor:
@@ -190,9 +202,11 @@ class PoemState:
                     mine = self._groups_of(ch)
                     self.group[s] = mine if self.group[s] is None else self.group[s] & mine
                     self.rhymed[s].add(tok)
+                self.double[s] = bool(self.line[s]) and self.line[s][-1] == ch and not self.double[s]
+                self.used[s].add(tok)
                 self.line[s] += ch
             else:
-                self.line[s] = ""
+                self.line[s], self.double[s] = "", False
             self.at[s] += 1
 
 
@@ -273,7 +287,8 @@ def _lines_of_lengths(lengths: tuple[int, ...]) -> dict[str, set[str]]:
 
 
 def plan_poem(form: Form | Tune | str, n: int, seed: int, acrostic: str = "", lenient: bool = True,
-              forbidden: dict[str, set[str]] | None = None, vocab: PoemVocabulary | None = None) -> PoemPlan:
+              forbidden: dict[str, set[str]] | None = None, vocab: PoemVocabulary | None = None,
+              repeats: bool = False) -> PoemPlan:
     """A :class:`PoemPlan` for ``n`` samples; for a form, sample i takes a tonal template drawn with seed
     ``seed + i``; a tune has one pattern.
 
@@ -297,7 +312,7 @@ def plan_poem(form: Form | Tune | str, n: int, seed: int, acrostic: str = "", le
         if acrostic:  # the acrostic's characters stand where the tune fixes no tone, or fit it
             specs = [LineSpec(x.chars, x.mark, x.rhyme, ("中" + x.tones[1:]) if k < len(acrostic) else x.tones)
                      for k, x in enumerate(specs)]
-        return PoemPlan(form.name, [specs] * n, "ci", acrostic, forbidden or {}, form.rhyme_tone)
+        return PoemPlan(form.name, [specs] * n, "ci", acrostic, forbidden or {}, form.rhyme_tone, repeats)
     names = list(templates(form).values())
     if acrostic and not lenient:  # every character's tone is checked: the acrostic's must fit the template
         tables = rhyme_tables()
@@ -306,14 +321,16 @@ def plan_poem(form: Form | Tune | str, n: int, seed: int, acrostic: str = "", le
             raise AigcError(f"acrostic {acrostic!r}: no tonal template of the {form.name} fits the tones of its "
                             "characters when every position is checked (--strict); drop --strict or change a character")
     picks = [names[random.Random(seed + i).randrange(len(names))] for i in range(n)]
-    return PoemPlan(form.name, [_shi_lines(form, t, lenient) for t in picks], "shi", acrostic, forbidden or {})
+    return PoemPlan(form.name, [_shi_lines(form, t, lenient) for t in picks], "shi", acrostic, forbidden or {},
+                    repeats=repeats)
 
 
 def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int = 0, acrostic: str = "",
                 lenient: bool = True, forbidden: dict[str, set[str]] | None = None,
-                settings: SampleConfig | None = None) -> list[dict]:
+                settings: SampleConfig | None = None, repeats: bool = False) -> list[dict]:
     """``n`` poems titled ``theme`` in ``form`` (a regulated-verse form, or a ci tune: then the title line is
-    ``TUNE·THEME``), best first by mean log-likelihood per character.
+    ``TUNE·THEME``), best first by mean log-likelihood per character; ``repeats``: allow a character twice
+    (by default only a 叠字 repeats, see :class:`PoemPlan`).
 
     Returns:
         one dict per poem: ``text`` (title line and body), ``score`` (mean log-probability per body
@@ -324,7 +341,7 @@ def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int =
     """
     form = shape_named(form) if isinstance(form, str) else form
     vocab = poem_vocabulary(tm)
-    plan = plan_poem(form, n, seed, acrostic, lenient, forbidden, vocab)
+    plan = plan_poem(form, n, seed, acrostic, lenient, forbidden, vocab, repeats)
     state = PoemState(vocab, plan)
     title = theme.strip() if isinstance(form, Form) else f"{form.name}·{theme.strip()}"
     prompt = tm.encode(title + "\n").ids
