@@ -14,7 +14,8 @@ that tune by poets other than Xin Qiji that follow the tune's pattern (sampled; 
 of ``check_ci(neighbours=True)`` were read off Xin Qiji's ci, so these validate them). Ci rows: 5 tunes x ``--poems`` themes, one ci per theme. Scored: form accuracy,
 rhyme accuracy and tone conformity (:func:`aigc.data.poetry.check`, 一三五不论), the share of
 lines found verbatim in the shipped corpus (for (d) the corpus without the poem itself),
-distinct-2 over each row's bodies, theme presence (a character of the theme other than 的 in the
+distinct-2 over each row's bodies, the share of body characters that repeat an earlier one of the
+same poem (重字, a 叠字 aside), theme presence (a character of the theme other than 的 in the
 body), and the mean log-likelihood per body character under the model.
 """
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import aigc  # noqa: E402
 from aigc.atomic import write_json  # noqa: E402
-from aigc.data.poetry import _CI_MARKS, FORMS, check, check_ci, poem_lines, tune_named  # noqa: E402
+from aigc.data.poetry import _CI_MARKS, FORMS, check, check_ci, poem_lines, repeated_characters, tune_named  # noqa: E402
 from aigc.evaluate.text import distinct_n  # noqa: E402
 from aigc.generate.poem import forbidden_lines, write_poems  # noqa: E402
 
@@ -120,6 +121,8 @@ def score_row(tm, texts: list[str], judge, themes: list[str], lines_of, real: bo
             "tone": sum(v.tone for v in verdicts) / len(texts),
             "copied_lines": None if real else copied / max(total, 1),  # real poems are the corpus
             "distinct_2": distinct_n([list(b) for b in bodies], 2),
+            "repeated_chars": sum(len(repeated_characters(t, "".join(_CI_MARKS))) for t in texts)
+            / max(sum(sum(map(len, poem_lines(t, "".join(_CI_MARKS))[1])) for t in texts), 1),
             "theme_presence": sum(present) / len(texts),
             "loglik_per_char": sum(body_score(tm, t) for t in texts) / len(texts)}
 
