@@ -240,6 +240,8 @@ def test_the_music_route_returns_abc_midi_and_a_piano_roll(music_run, served_mod
     assert r.status_code == 400 and "does not write music" in r.json()["error"]["message"]
     r = client.post("/v1/music", json={"model": "folk", "formats": ["ogg"]})
     assert r.status_code in (400, 422)
+    r = client.post("/v1/music", json={"model": "folk", "format": ["wav"]})  # misspelt: named, not ignored
+    assert r.status_code == 400 and r.json()["error"]["param"] == "format", r.text
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (make test installs Debian's package)")

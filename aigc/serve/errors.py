@@ -61,6 +61,8 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     if not loc:
         return APIError(400, "request body must be a JSON object (with Content-Type: application/json)"
                         ).response()
+    if err.get("type") == "extra_forbidden":
+        return APIError(400, f"{loc}: not a field of this request (a misspelling?)", param=loc).response()
     return APIError(400, f"{loc or 'body'}: {err.get('msg', 'invalid')}", param=loc or None).response()
 
 

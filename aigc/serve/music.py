@@ -4,7 +4,6 @@ generation thread."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 
@@ -15,7 +14,7 @@ from aigc.generate.music import compose, midi_bytes, piano_roll, soundfont, tune
 from aigc.generate.text import TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
-from aigc.serve.state import Served, check_seed, get_served, watch_disconnect
+from aigc.serve.state import Served, check_seed, get_served, run_job
 from aigc.version import __version__
 
 router = APIRouter()
@@ -75,15 +74,6 @@ async def music(req: P.MusicRequest, request: Request, served: Served = Depends(
     served.check_prompt([prompt], "prompt")
     check_seed(req.seed, req.n)
     seed = secrets.randbelow(2**31) if req.seed is None else req.seed
-    job = served.submit(lambda: iter([_rendered(tm, compose(tm, prompt, req.n, seed, settings), req.formats,
-                                                prompt)]))
-    watcher = asyncio.create_task(watch_disconnect(request, job))
-    tunes = []
-    try:
-        async for item in job.results():
-            tunes = item
-    except AigcError as e:
-        raise APIError(400, str(e)) from None
-    finally:
-        watcher.cancel()
+    tunes = await run_job(request, served, lambda: _rendered(tm, compose(tm, prompt, req.n, seed, settings),
+                                                             req.formats, prompt))
     return {"object": "music.list", "model": req.model, "created": P.now(), "data": tunes}

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +15,7 @@ from aigc.generate.poem import forbidden_lines, plan_poem, poem_vocabulary, shap
 from aigc.generate.text import TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
-from aigc.serve.state import Served, check_seed, get_served, watch_disconnect
+from aigc.serve.state import Served, check_seed, get_served, run_job
 
 router = APIRouter()
 
@@ -41,17 +40,8 @@ async def run_poems(request: Request, served: Served, tm: TextModel, theme: str,
         plan_poem(shape, 1, seed, acrostic, not strict, None, poem_vocabulary(tm))
     except AigcError as e:
         raise APIError(400, str(e), param="acrostic" if "acrostic" in str(e) else "theme") from None
-    job = served.submit(lambda: iter([write_poems(tm, theme, shape, n, seed, acrostic, not strict,
-                                                  forbidden_lines(shape))]))
-    watcher = asyncio.create_task(watch_disconnect(request, job))
-    poems = []
-    try:
-        async for item in job.results():
-            poems = item
-    except AigcError as e:
-        raise APIError(400, str(e)) from None
-    finally:
-        watcher.cancel()
+    poems = await run_job(request, served, lambda: write_poems(tm, theme, shape, n, seed, acrostic, not strict,
+                                                               forbidden_lines(shape)))
     policy = served.policy
     for p in poems:
         p["finish_reason"] = "stop"

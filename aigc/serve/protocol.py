@@ -25,6 +25,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True)
 
 
+class Closed(Strict):
+    """An aigc route's request (not an OpenAI one, whose clients send fields of their own): a field it does
+    not know is an error, so a misspelt ``format`` for ``formats`` is not silently ignored."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
 class SamplingFields(Strict):
     """Parameters shared by completions and chat completions (``null`` means the default)."""
 
@@ -73,7 +80,7 @@ class ChatRequest(SamplingFields):
     function_call: str | dict | None = None
 
 
-class PoemRequest(Strict):
+class PoemRequest(Closed):
     """``POST /v1/poems`` (an aigc extension): regulated verse titled ``theme`` in ``form`` (五言绝句,
     七言绝句, 五言律诗, 七言律诗 or 五绝 ...; default 七言绝句) or a ci to ``tune`` (西江月 ...), ``acrostic`` first characters, ``n`` candidates best first,
     candidate i seeded ``seed + i``, ``strict`` to check every character's tone."""
@@ -88,7 +95,7 @@ class PoemRequest(Strict):
     strict: bool = False
 
 
-class MusicRequest(Strict):
+class MusicRequest(Closed):
     """``POST /v1/music`` (an aigc extension; OpenAI has no music route): ``n`` tunes from a music model
     (``content = "abc"``) after ``prompt``, a tune's header such as ``"M:6/8\\nK:D\\n"`` (fields R: M: L:
     K:; empty = the model chooses), tune i seeded ``seed + i``. ``formats`` chooses what comes back beside

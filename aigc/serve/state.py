@@ -157,3 +157,23 @@ async def watch_disconnect(request: Request, job: Job) -> None:
             job.cancel()
             return
         await asyncio.sleep(0.2)
+
+
+async def run_job(request: Request, served: Served, work: Callable[[], object]):
+    """Run ``work()`` as one job on the generation thread and return what it returns (the routes that
+    answer with one whole result: poems, music); the job is cancelled when the client goes away.
+
+    Raises:
+        APIError: 429 when the queue is full; 400 with the message of an :class:`AigcError` from ``work``.
+    """
+    job = served.submit(lambda: iter([work()]))
+    watcher = asyncio.create_task(watch_disconnect(request, job))
+    result = None
+    try:
+        async for item in job.results():
+            result = item
+    except AigcError as e:
+        raise APIError(400, str(e)) from None
+    finally:
+        watcher.cancel()
+    return result
