@@ -1,9 +1,10 @@
 """Tunes on the server: ``POST /v1/music`` (an aigc extension; OpenAI has no music route): ABC text from a
-music model, with MIDI, WAV and a piano roll rendered (:mod:`aigc.generate.music`), run as one job on the
-generation thread."""
+music model, composed as one job on the generation thread, then MIDI, WAV and a piano roll rendered
+(:mod:`aigc.generate.music`) on a worker thread so that other requests' generation goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 
@@ -74,6 +75,7 @@ async def music(req: P.MusicRequest, request: Request, served: Served = Depends(
     served.check_prompt([prompt], "prompt")
     check_seed(req.seed, req.n)
     seed = secrets.randbelow(2**31) if req.seed is None else req.seed
-    tunes = await run_job(request, served, lambda: _rendered(tm, compose(tm, prompt, req.n, seed, settings),
-                                                             req.formats, prompt))
+    composed = await run_job(request, served, lambda: compose(tm, prompt, req.n, seed, settings))
+    # rendering (FluidSynth: about a second a tune) runs off the generation thread, which other requests share
+    tunes = await asyncio.to_thread(_rendered, tm, composed, req.formats, prompt)
     return {"object": "music.list", "model": req.model, "created": P.now(), "data": tunes}
