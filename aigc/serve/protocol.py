@@ -26,8 +26,9 @@ class Strict(BaseModel):
 
 
 class Closed(Strict):
-    """An aigc route's request (not an OpenAI one, whose clients send fields of their own): a field it does
-    not know is an error, so a misspelt ``format`` for ``formats`` is not silently ignored."""
+    """An aigc route's request (the OpenAI-compatible ones ignore unknown fields, so that clients sending
+    extras of their own work): a field it does not know is an error, so a misspelt ``format`` for
+    ``formats`` is not silently ignored."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
