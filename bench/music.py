@@ -24,17 +24,22 @@ from aigc.atomic import write_json  # noqa: E402
 
 def checkpoint_at(run: Path, cpu_minutes: float) -> tuple[Path, dict] | None:
     """The checkpoint nearest ``cpu_minutes`` of training CPU time (either side; checkpoints come every
-    few hundred steps), with its step and CPU minutes; None when the run has not trained that long yet."""
+    few hundred steps), with its step and CPU minutes; None when the run has not trained that long yet.
+    A checkpoint's CPU time is its state.json's (the final one, written when the run's CPU budget ran
+    out, has no metrics row of its own), else the metrics.jsonl row of its step."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    cpu = {r["step"]: r["cpu_s"] for r in rows if "cpu_s" in r}
-    if not cpu or max(cpu.values()) < cpu_minutes * 60:
-        return None
+    logged = {r["step"]: r["cpu_s"] for r in rows if "cpu_s" in r}
     found = []
     for folder in sorted((run / "checkpoints").glob("step-*")):
         step = int(folder.name.split("-")[1])
-        if step in cpu:
-            found.append((abs(cpu[step] - cpu_minutes * 60), folder, {"step": step, "cpu_minutes": cpu[step] / 60}))
-    return min(found, key=lambda f: f[0])[1:] if found else None
+        state = folder / "state.json"
+        cpu = json.loads(state.read_text()).get("cpu_s") if state.is_file() else None
+        cpu = logged.get(step) if cpu is None else cpu
+        if cpu is not None:
+            found.append((abs(cpu - cpu_minutes * 60), folder, {"step": step, "cpu_minutes": cpu / 60}))
+    if not found or max(f[2]["cpu_minutes"] for f in found) < cpu_minutes:
+        return None
+    return min(found, key=lambda f: f[0])[1:]
 
 
 def main() -> None:
