@@ -92,9 +92,25 @@ def parse_tune(text: str) -> Tune:
         raise AigcError("the tune holds no notes")
     try:
         quarters = float(score.expandRepeats().highestTime)  # as MIDI plays it: repeats played twice
-    except Exception:  # noqa: BLE001  unbalanced repeat signs: played as written
+    except Exception:  # noqa: BLE001  unbalanced repeat signs (|: never closed ...): played as written
+        score = _without_repeats(score)
         quarters = float(score.highestTime)
     return Tune(norm, score, notes, quarters * 60.0 / TEMPO)
+
+
+def _without_repeats(score):
+    """``score`` with its repeat signs made plain bar lines and its first/second endings dropped, as a
+    player reads a tune whose repeats do not pair up (music21's MIDI writer refuses them)."""
+    from music21 import bar, spanner
+
+    for measure in score.recurse().getElementsByClass("Measure"):
+        if isinstance(measure.leftBarline, bar.Repeat):
+            measure.leftBarline = None
+        if isinstance(measure.rightBarline, bar.Repeat):
+            measure.rightBarline = bar.Barline("regular")
+    for ending in list(score.recurse().getElementsByClass(spanner.RepeatBracket)):
+        score.remove(ending, recurse=True)
+    return score
 
 
 def for_music21(body: str, key: str) -> str:
