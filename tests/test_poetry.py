@@ -173,12 +173,16 @@ def test_the_server_and_chat_keep_the_form_asked_for(tang):
     data = r.json()["data"]
     assert len(data) == 2 and all(d["form_ok"] and d["rhyme_ok"] and d["tone"] == 1.0 for d in data)
     assert data[0]["score"] >= data[1]["score"] and check(data[0]["text"], "五律").ok
+    assert all(repeated_characters(d["text"]) == [] for d in data)
+    r = c.post("/v1/poems", json={"model": "poems", "theme": "秋天的落叶", "form": "七律", "n": 4, "seed": 0,
+                                  "repeats": True})  # the model repeats when let (as in the test above)
+    assert r.status_code == 200 and any(repeated_characters(d["text"]) for d in r.json()["data"]), r.text
     r = c.post("/v1/chat/completions", json={"model": "poems", "seed": 2, "messages": [
         {"role": "user", "content": "以“春风”为题写一首藏头诗"}]})
     poem = r.json()["choices"][0]["message"]["content"]
     assert check(poem, "七绝").ok and [x[0] for x in poem_lines(poem)[1][:2]] == ["春", "风"], poem
     for bad, param in (({"form": "六绝"}, "form"), ({"acrostic": "春𠀋"}, "acrostic"), ({"theme": "春𠀋"}, "theme"),
-                       ({"tunes": "西江月"}, "tunes")):
+                       ({"tunes": "西江月"}, "tunes"), ({"": 1}, "")):
         r = c.post("/v1/poems", json={"model": "poems", "theme": "秋", **bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     out = subprocess.run([sys.executable, "-m", "aigc", "chat", "tang-base", "--seed", "3", "--threads", "1"],

@@ -56,13 +56,14 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         return APIError(400, f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
                         ).response()
     parts = [str(x) for x in err.get("loc", ()) if x != "body"]
+    if err.get("type") == "extra_forbidden":
+        name = ".".join(parts)
+        return APIError(400, f"{name!r}: not a field of this request (a misspelling?)", param=name).response()
     # pydantic appends the union member it tried ("prompt.str"): keep the field and list indices
     loc = ".".join(x for x in parts if x.isdigit() or x == parts[0]) if parts else ""
     if not loc:
         return APIError(400, "request body must be a JSON object (with Content-Type: application/json)"
                         ).response()
-    if err.get("type") == "extra_forbidden":
-        return APIError(400, f"{loc}: not a field of this request (a misspelling?)", param=loc).response()
     return APIError(400, f"{loc or 'body'}: {err.get('msg', 'invalid')}", param=loc or None).response()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import threading
 
 from fastapi import APIRouter, Depends, Request
 
@@ -22,6 +23,13 @@ router = APIRouter()
 
 
 MAX_AUDIO_SECONDS = 600  # audio rendered for one request, all its tunes together
+RENDERS = threading.BoundedSemaphore(2)  # requests rendering at once (each FluidSynth run takes a core)
+
+
+def _rendered_in_turn(*args) -> list[dict]:
+    """:func:`_rendered` once one of the :data:`RENDERS` places is free (a worker thread waits for it)."""
+    with RENDERS:
+        return _rendered(*args)
 
 
 def _rendered(tm: TextModel, tunes: list[dict], formats: list[str], prompt: str) -> list[dict]:
@@ -76,6 +84,9 @@ async def music(req: P.MusicRequest, request: Request, served: Served = Depends(
     check_seed(req.seed, req.n)
     seed = secrets.randbelow(2**31) if req.seed is None else req.seed
     composed = await run_job(request, served, lambda: compose(tm, prompt, req.n, seed, settings))
-    # rendering (FluidSynth: about a second a tune) runs off the generation thread, which other requests share
-    tunes = await asyncio.to_thread(_rendered, tm, composed, req.formats, prompt)
+    if await request.is_disconnected():
+        raise APIError(499, "the request was cancelled: the client went away", code="cancelled")
+    # rendering (FluidSynth: about a second a tune) runs off the generation thread, which other requests
+    # share, and at most RENDERS requests at a time
+    tunes = await asyncio.to_thread(_rendered_in_turn, tm, composed, req.formats, prompt)
     return {"object": "music.list", "model": req.model, "created": P.now(), "data": tunes}

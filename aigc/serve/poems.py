@@ -21,7 +21,7 @@ router = APIRouter()
 
 
 async def run_poems(request: Request, served: Served, tm: TextModel, theme: str, form: str, acrostic: str, n: int,
-                    seed: int | None, strict: bool = False) -> list[dict]:
+                    seed: int | None, strict: bool = False, repeats: bool = False) -> list[dict]:
     """The poems of one request, written on the generation thread; each checked by the output policy.
 
     Raises:
@@ -41,7 +41,7 @@ async def run_poems(request: Request, served: Served, tm: TextModel, theme: str,
     except AigcError as e:
         raise APIError(400, str(e), param="acrostic" if "acrostic" in str(e) else "theme") from None
     poems = await run_job(request, served, lambda: write_poems(tm, theme, shape, n, seed, acrostic, not strict,
-                                                               forbidden_lines(shape)))
+                                                               forbidden_lines(shape), repeats=repeats))
     policy = served.policy
     for p in poems:
         p["finish_reason"] = "stop"
@@ -68,7 +68,7 @@ async def poems(req: P.PoemRequest, request: Request, served: Served = Depends(g
     if req.form and req.tune:
         raise APIError(400, "form and tune: give one (a regulated-verse form, or a ci tune)", param="tune")
     found = await run_poems(request, served, tm, req.theme.strip(), req.tune or req.form or "七言绝句", req.acrostic,
-                            req.n, req.seed, req.strict)
+                            req.n, req.seed, req.strict, req.repeats)
     return {"object": "poem.list", "model": req.model, "created": P.now(), "data": [poem_json(p) for p in found]}
 
 

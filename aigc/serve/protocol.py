@@ -5,8 +5,8 @@ chat completions, images) so the official clients work unchanged; ``top_k``,
 ``repetition_penalty``, ``ignore_eos`` and ``response_format`` on completions are extensions that
 vLLM and others accept too. Fields we cannot honour (``logit_bias``, ``suffix`` for a model not
 trained for fill-in-the-middle, ``best_of`` > n, tools, image URLs) are refused with a 400 rather
-than silently ignored. Unknown fields are
-ignored, as OpenAI's server does.
+than silently ignored. Fields they do not know are ignored, so that clients sending extras of their
+own work; aigc's own routes (:class:`Closed`: poems, music) refuse them by name.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class ChatRequest(SamplingFields):
 class PoemRequest(Closed):
     """``POST /v1/poems`` (an aigc extension): regulated verse titled ``theme`` in ``form`` (五言绝句,
     七言绝句, 五言律诗, 七言律诗 or 五绝 ...; default 七言绝句) or a ci to ``tune`` (西江月 ...), ``acrostic`` first characters, ``n`` candidates best first,
-    candidate i seeded ``seed + i``, ``strict`` to check every character's tone."""
+    candidate i seeded ``seed + i``, ``strict`` to check every character's tone, ``repeats`` to allow a
+    character twice (by default only a 叠字 repeats: regulated verse avoids 重字)."""
 
     model: str | None = None
     theme: str = Field(min_length=1, max_length=100)
@@ -94,6 +95,7 @@ class PoemRequest(Closed):
     n: int = Field(default=1, ge=1, le=16)
     seed: int | None = None
     strict: bool = False
+    repeats: bool = False
 
 
 class MusicRequest(Closed):

@@ -161,10 +161,12 @@ async def watch_disconnect(request: Request, job: Job) -> None:
 
 async def run_job(request: Request, served: Served, work: Callable[[], object]):
     """Run ``work()`` as one job on the generation thread and return what it returns (the routes that
-    answer with one whole result: poems, music); the job is cancelled when the client goes away.
+    answer with one whole result: poems, music). ``work`` is one step of the scheduler: a client that goes
+    away while the job waits in the queue cancels it; once it runs, it runs to the end.
 
     Raises:
-        APIError: 429 when the queue is full; 400 with the message of an :class:`AigcError` from ``work``.
+        APIError: 429 when the queue is full; 400 with the message of an :class:`AigcError` from ``work``;
+            499 (the client closed the request, nginx's code) when the job was cancelled before it ran.
     """
     job = served.submit(lambda: iter([work()]))
     watcher = asyncio.create_task(watch_disconnect(request, job))
@@ -176,4 +178,6 @@ async def run_job(request: Request, served: Served, work: Callable[[], object]):
         raise APIError(400, str(e)) from None
     finally:
         watcher.cancel()
+    if result is None and job.cancelled:
+        raise APIError(499, "the request was cancelled: the client went away", code="cancelled")
     return result
