@@ -356,11 +356,12 @@ def test_music21_hears_what_abc_means_and_long_tunes_are_refused_for_rendering()
     with pytest.raises(AigcError, match="too long to render"):
         parse_tune("M:4/4\nK:C\n" + "|:A|1B:|2c" * 100 + "\n")
     from music21 import converter
-    unpaired = parse_tune("M:4/4\nK:G\nABcd|efga:|\nBcde|\n|:fedc|BAGF||\n")  # a |: never closed: played as written
-    played = converter.parseData(midi_bytes(unpaired), format="midi").flatten().notes
-    assert len(played) == unpaired.notes == 20 and unpaired.seconds == 5.0
-    paired = parse_tune("M:4/4\nK:G\n|:ABcd|efga:|\n|:fedc|BAGF:|\n")
-    assert len(converter.parseData(midi_bytes(paired), format="midi").flatten().notes) == 32  # repeats played
+    played = lambda abc: len(converter.parseData(midi_bytes(parse_tune(abc)), format="midi").flatten().notes)  # noqa: E731
+    assert played("M:4/4\nK:G\n|:ABcd|efga:|\n|:fedc|BAGF:|\n") == 32  # repeats played
+    assert played("M:4/4\nK:G\nABcd|efga:|\nfedc|BAGF:|\n") == 32  # A A B B, not A A B A A B
+    assert played("M:4/4\nK:G\n|:ABcd|efga::fedc|BAGF:|\n") == 32  # :: ends one repeat and starts the next
+    unpaired = parse_tune("M:4/4\nK:G\n|:ABcd|efga:|\nBcde|\n|:fedc|BAGF||\n")  # the last |: is never closed
+    assert played(unpaired.text) == 28 and unpaired.seconds == 7.0  # it is a plain bar; the first repeat still plays
     moved, skipped = augment(["M:4/4\nK:C\n__C D|\n", "M:4/4\nK:C\nC D|\n"], [1])
     assert skipped == 1 and moved == ["M:4/4\nK:Db\nD Eb|\n".replace("Eb", "E")]
 

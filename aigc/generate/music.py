@@ -75,7 +75,8 @@ def parse_tune(text: str) -> Tune:
         raise AigcError(f"the tune is too long to render ({len(body):,} characters, {len(REPEATS.findall(body))} "
                         f"repeat signs and endings; at most {MAX_BODY:,} and {MAX_REPEATS})")
     try:
-        score = converter.parse(norm[:len(norm) - len(body)] + for_music21(body, header.key), format="abc")
+        score = converter.parse(norm[:len(norm) - len(body)] + for_music21(pair_repeats(body), header.key),
+                                format="abc")
     except Exception as e:  # noqa: BLE001  music21's ABC parser raises many kinds
         raise AigcError(f"the tune does not parse as ABC ({type(e).__name__}: {str(e)[:120]})") from None
     seen = set()
@@ -111,6 +112,39 @@ def _without_repeats(score):
     for ending in list(score.recurse().getElementsByClass(spanner.RepeatBracket)):
         score.remove(ending, recurse=True)
     return score
+
+
+BAR = re.compile(r"\[?:*\|[|\]]*:*|:{2,}")  # a bar line (|, ||, |], [|) with its repeat colons, or ::
+
+
+def pair_repeats(body: str) -> str:
+    """A tune body with its repeat signs paired as players read them, for music21 (which reads ``::`` and
+    ``:|:`` not at all, and sends every ``:|`` without its ``|:`` back to the start of the tune): ``::``,
+    ``:|:`` are written ``:||:``; a ``:|`` with no ``|:`` open repeats from the previous ``:|`` (A A B B,
+    not A A B A A B), or from the start when there is none; a ``|:`` never closed (or opened again
+    before its ``:|``) becomes a plain bar line, so the repeats that do pair still play."""
+    bars = list(BAR.finditer(body))
+    text = [m.group(0) for m in bars]
+    opened = last_end = None
+    for i, bar in enumerate(text):
+        starts, ends = bar.endswith(":"), bar.lstrip("[").startswith(":")
+        if starts and ends:
+            text[i] = ":||:"
+        if ends:
+            if opened is None and last_end is not None:  # a second part: it repeats from the last :|
+                text[last_end] = ":||:" if text[last_end].lstrip("[").startswith(":") else "||:"
+            opened, last_end = None, i
+        if starts:
+            if opened is not None:  # opened again before it closed: the earlier one is a plain bar
+                text[opened] = text[opened].rstrip(":") or "|"
+            opened = i
+    if opened is not None:
+        text[opened] = text[opened].rstrip(":") or "|"
+    out, at = [], 0
+    for m, new in zip(bars, text):
+        out += [body[at:m.start()], new]
+        at = m.end()
+    return "".join(out) + body[at:]
 
 
 def for_music21(body: str, key: str) -> str:
