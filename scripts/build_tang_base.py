@@ -161,7 +161,10 @@ def train() -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def package() -> None:
+def package(run: Path = RUN, recipe: str = "configs/tang-base.toml") -> None:
+    """The shipped folder (fp16 weights, tokenizer, chat template, metrics) from ``run``'s latest checkpoint:
+    configs/tang-base.toml's run, or a later one continued from it (``--run runs/tang-theme --recipe
+    configs/tang-theme.toml``)."""
     import torch
     from safetensors.torch import save_file
 
@@ -169,15 +172,15 @@ def package() -> None:
     from aigc.formats.model_folder import load_model_folder
     from aigc.folders import latest_checkpoint
 
-    ckpt = latest_checkpoint(RUN)
+    ckpt = latest_checkpoint(run)
     if ckpt is None:
-        sys.exit(f"error: {RUN} has no checkpoint; run the train stage first")
+        sys.exit(f"error: {run} has no checkpoint; run the train stage first")
     model = load_model_folder(ckpt)
     state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()
              if k != "lm_head.weight" or not model.config.tie_embeddings}
-    rows = [json.loads(x) for x in (RUN / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     evals = [r for r in rows if "val_loss" in r]
-    run_info = json.loads((RUN / "run.json").read_text(encoding="utf-8"))
+    run_info = json.loads((run / "run.json").read_text(encoding="utf-8"))
     with atomic_dir(MODEL_OUT) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "family": "gpt"})
         for name in ("config.json", "tokenizer.json", "generation_config.json"):
@@ -186,8 +189,8 @@ def package() -> None:
             "chat_template": CHAT_TEMPLATE, "eos_token": "<|im_end|>", "bos_token": None,
             "pad_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"})
         write_json(tmp / "metrics.json", {
-            "run": str(RUN.relative_to(REPO)), "checkpoint": ckpt.name, "final_eval": evals[-1] if evals else None,
-            "git_commit": run_info.get("git_commit"), "recipe": "configs/tang-base.toml",
+            "run": str(run.resolve().relative_to(REPO)), "checkpoint": ckpt.name, "final_eval": evals[-1] if evals else None,
+            "git_commit": run_info.get("git_commit"), "recipe": recipe,
             "corpus": json.loads((WORK / "report.json").read_text(encoding="utf-8")),
         })
     print(f"wrote {MODEL_OUT} ({(MODEL_OUT / 'model.safetensors').stat().st_size / 1e6:.1f} MB weights)")
@@ -197,6 +200,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", nargs="?", choices=["corpus", "train", "package"], help="one stage (default: all)")
     ap.add_argument("--tgz", type=Path, help="an already downloaded chinese-poetry-2.0.1.tgz")
+    ap.add_argument("--run", type=Path, default=RUN, help="package: the run to ship (default: the train stage's)")
+    ap.add_argument("--recipe", default="configs/tang-base.toml", help="package: the run's recipe, recorded")
     args = ap.parse_args()
     if args.stage in (None, "corpus"):
         if args.tgz:
@@ -207,7 +212,7 @@ def main() -> None:
     if args.stage in (None, "train"):
         train()
     if args.stage in (None, "package"):
-        package()
+        package(args.run, args.recipe)
 
 
 if __name__ == "__main__":
