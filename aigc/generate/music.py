@@ -132,7 +132,7 @@ def pair_repeats(body: str) -> str:
             text[i] = ":||:"
         if ends:
             if opened is None and last_end is not None:  # a second part: it repeats from the last :|
-                text[last_end] = ":||:" if text[last_end].lstrip("[").startswith(":") else "||:"
+                text[last_end] = ":||:"
             opened, last_end = None, i
         if starts:
             if opened is not None:  # opened again before it closed: the earlier one is a plain bar

@@ -16,7 +16,7 @@ from aigc.generate.music import compose, midi_bytes, piano_roll, soundfont, tune
 from aigc.generate.text import TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
-from aigc.serve.state import Served, check_seed, get_served, run_job
+from aigc.serve.state import Served, check_seed, client_gone, get_served, run_job
 from aigc.version import __version__
 
 router = APIRouter()
@@ -85,7 +85,7 @@ async def music(req: P.MusicRequest, request: Request, served: Served = Depends(
     seed = secrets.randbelow(2**31) if req.seed is None else req.seed
     composed = await run_job(request, served, lambda: compose(tm, prompt, req.n, seed, settings))
     if await request.is_disconnected():
-        raise APIError(499, "the request was cancelled: the client went away", code="cancelled")
+        raise client_gone()
     # rendering (FluidSynth: about a second a tune) runs off the generation thread, which other requests
     # share, and at most RENDERS requests at a time
     tunes = await asyncio.to_thread(_rendered_in_turn, tm, composed, req.formats, prompt)

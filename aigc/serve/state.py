@@ -179,5 +179,10 @@ async def run_job(request: Request, served: Served, work: Callable[[], object]):
     finally:
         watcher.cancel()
     if result is None and job.cancelled:
-        raise APIError(499, "the request was cancelled: the client went away", code="cancelled")
+        raise client_gone()
     return result
+
+
+def client_gone() -> APIError:
+    """The error of a request whose client went away before its answer was made (499, nginx's code)."""
+    return APIError(499, "the request was cancelled: the client went away", code="cancelled")
