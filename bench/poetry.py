@@ -2,7 +2,8 @@
 reranked, and real poems, all scored by the same checker.
 
     python bench/poetry.py [--model tang-base] [--poems 10] [--candidates 4] [--tgz chinese-poetry-2.0.1.tgz]
-                           [--json bench/results/poetry.json]
+                           [--json bench/results/poetry.json] [--only FORM_OR_TUNE ...]
+                           [--temperature T] [--top-p P]     # (b) and (c) only; (a) keeps the model's
 
 For each of 10 themes x 4 forms: ``--poems`` poems of (a) plain sampling with the model's defaults
 from the prompt "THEME\\n", cut to the form's number of lines; (b) constrained decoding
@@ -128,16 +129,19 @@ def score_row(tm, texts: list[str], judge, themes: list[str], lines_of, real: bo
 
 
 def generated_rows(tm, shape, title_of, themes: list[str], per_theme: int, candidates: int, lines_of,
-                   clauses: int, chars: int) -> dict[str, list[str]]:
-    """(a) plain, (b) constrained, (c) reranked texts for ``per_theme`` poems on each theme."""
+                   clauses: int, chars: int, settings=None) -> dict[str, list[str]]:
+    """(a) plain, (b) constrained, (c) reranked texts for ``per_theme`` poems on each theme; ``settings``
+    (a SampleConfig, default the model's) for (b) and (c) only: (a) always samples at the model's own."""
     rows = {"plain": [], "constrained": [], "reranked": []}
     for t, theme in enumerate(tqdm(themes, desc=shape.name)):
         seed = 1000 * t
         rows["plain"] += plain(tm, title_of(theme), clauses, chars, per_theme, seed, "".join(_CI_MARKS))
         rows["constrained"] += [q["text"] for q in sorted(write_poems(tm, theme, shape, per_theme, seed,
-                                                                      forbidden=lines_of), key=lambda q: q["seed"])]
+                                                                      forbidden=lines_of, settings=settings),
+                                                          key=lambda q: q["seed"])]
         for k in range(per_theme):
-            best = write_poems(tm, theme, shape, candidates, seed + 100 + k * candidates, forbidden=lines_of)[0]
+            best = write_poems(tm, theme, shape, candidates, seed + 100 + k * candidates, forbidden=lines_of,
+                               settings=settings)[0]
             rows["reranked"].append(best["text"])
     return rows
 
@@ -151,13 +155,17 @@ def main() -> None:
     p.add_argument("--tgz", default=None, help="chinese-poetry-2.0.1.tgz (default: npm pack it)")
     p.add_argument("--json", default="bench/results/poetry.json")
     p.add_argument("--only", nargs="+", help="only these forms or tunes, merged into --json's other rows")
+    p.add_argument("--temperature", type=float, help="constrained candidates only (default: the model's)")
+    p.add_argument("--top-p", type=float, help="constrained candidates only (default: the model's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tm = aigc.load(args.model)
+    settings = tm.settings(temperature=args.temperature, top_p=args.top_p)  # None: the model's own
     with tempfile.TemporaryDirectory() as tmp:
         shi, ci = real_sets(corpus_tgz(args.tgz, tmp))
     result = {"model": args.model, "themes": THEMES, "tunes": TUNES, "poems_per_theme": args.poems,
-              "candidates": args.candidates, "rows": {}, "examples": {}}
+              "candidates": args.candidates, "constrained_temperature": settings.temperature,
+              "constrained_top_p": settings.top_p, "rows": {}, "examples": {}}
     if args.only and Path(args.json).is_file():
         result = json.loads(Path(args.json).read_text(encoding="utf-8"))
     shapes = [(form, lambda th: th, args.poems, form.lines, form.lines * (form.chars + 1)) for form in FORMS.values()]
@@ -168,7 +176,8 @@ def main() -> None:
             continue
         is_shi = shape.name in FORMS
         lines_of = forbidden_lines(shape)
-        rows = generated_rows(tm, shape, title_of, THEMES, per_theme, args.candidates, lines_of, clauses, chars)
+        rows = generated_rows(tm, shape, title_of, THEMES, per_theme, args.candidates, lines_of, clauses, chars,
+                              settings)
         judge = (lambda x: check(x, shape)) if is_shi else (lambda x: check_ci(x, shape))
         themes = [th for th in THEMES for _ in range(per_theme)]
         out = {k: score_row(tm, v, judge, themes, lines_of) for k, v in rows.items()}

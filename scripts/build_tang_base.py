@@ -30,10 +30,16 @@ Stages (run all with no argument, or name one):
 ``package``
     Copies the run's final model into ``aigc/models/builtin/tang-base/`` with its
     weights in float16 (``model.safetensors``), its tokenizer, a ChatML chat
-    template in ``tokenizer_config.json`` and ``metrics.json`` (the recipe's final
-    val loss and where it came from).
+    template in ``tokenizer_config.json`` and ``metrics.json`` (the recipe, the
+    run's last val estimate, every run behind it with its steps and time, and with
+    ``--val-eval`` the score on the whole val split). The tang-base shipped since
+    2026-12-04 is ``configs/tang-base.toml``'s run continued by
+    ``configs/tang-base-long.toml``::
 
-Rebuild: ``python scripts/build_tang_base.py`` (about 90 minutes on 2 CPU cores,
+        python scripts/build_tang_base.py package --run runs/tang-base-long \
+            --recipe configs/tang-base-long.toml --val-eval bench/results/tang-val-shipped-long.json
+
+Rebuild the first tang-base: ``python scripts/build_tang_base.py`` (about 90 minutes on 2 CPU cores,
 the training being 80 of them). Needs ``npm`` and the ``opencc`` package.
 """
 
@@ -161,10 +167,48 @@ def train() -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def package(run: Path = RUN, recipe: str = "configs/tang-base.toml") -> None:
+def lineage(run: Path) -> list[dict]:
+    """Every training run behind ``run``'s model, first first: each run's folder, the step the model was
+    taken at and its wall and CPU seconds to there (the run's metrics rows), followed back through
+    ``train.init_from`` (a checkpoint or run folder, or the shipped ``tang-base``, whose own lineage is read
+    from its metrics.json)."""
+    import re
+    import tomllib
+
+    chain: list[dict] = []
+    upto = None  # the step a later run started from (a checkpoint's), None: the run's last
+    while True:
+        last = {}
+        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if "train_loss" in row and (upto is None or row["step"] <= upto):
+                last = row
+        if upto is None:  # the model is the run's latest checkpoint: its own state says where it stopped
+            from aigc.folders import latest_checkpoint
+            last = json.loads((latest_checkpoint(run) / "state.json").read_text(encoding="utf-8"))
+        chain.append({"run": str(run.resolve().relative_to(REPO)), "steps": last.get("step"),
+                      "wall_s": last.get("elapsed_s"), "cpu_s": last.get("cpu_s")})
+        base = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))["train"].get("init_from", "")
+        if base == "tang-base":
+            shipped = json.loads((MODEL_OUT / "metrics.json").read_text(encoding="utf-8"))
+            final = shipped.get("final_eval") or {}
+            earlier = shipped.get("lineage") or [{"run": shipped["run"], "steps": final.get("step"),
+                                                  "wall_s": final.get("elapsed_s"), "cpu_s": None}]
+            ours = {c["run"] for c in chain}  # packaging again: the shipped lineage already holds these runs
+            return [r for r in earlier if r["run"] not in ours] + chain[::-1]
+        if not base:
+            return chain[::-1]
+        path = Path(base) if Path(base).is_absolute() else REPO / base
+        match = re.fullmatch(r"step-(\d+)", path.name)
+        upto = int(match[1]) if match and path.parent.name == "checkpoints" else None
+        run = path.parent.parent if upto is not None else path
+
+
+def package(run: Path = RUN, recipe: str = "configs/tang-base.toml", val_eval: Path | None = None) -> None:
     """The shipped folder (fp16 weights, tokenizer, chat template, metrics) from ``run``'s latest checkpoint:
     configs/tang-base.toml's run, or a later one continued from it (``--run runs/tang-theme --recipe
-    configs/tang-theme.toml``)."""
+    configs/tang-theme.toml``). ``val_eval``: an ``aigc eval --out`` JSON of this model on the pretraining
+    corpus's whole val split, recorded beside the run's own last val estimate."""
     import torch
     from safetensors.torch import save_file
 
@@ -181,6 +225,7 @@ def package(run: Path = RUN, recipe: str = "configs/tang-base.toml") -> None:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     evals = [r for r in rows if "val_loss" in r]
     run_info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    val_split = json.loads(val_eval.read_text(encoding="utf-8")) if val_eval else None
     with atomic_dir(MODEL_OUT) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "family": "gpt"})
         for name in ("config.json", "tokenizer.json", "generation_config.json"):
@@ -190,7 +235,10 @@ def package(run: Path = RUN, recipe: str = "configs/tang-base.toml") -> None:
             "pad_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"})
         write_json(tmp / "metrics.json", {
             "run": str(run.resolve().relative_to(REPO)), "checkpoint": ckpt.name, "final_eval": evals[-1] if evals else None,
-            "git_commit": run_info.get("git_commit"), "recipe": recipe,
+            "git_commit": run_info.get("git_commit"), "recipe": recipe, "lineage": lineage(run),
+            "val_split_eval": val_split and {
+                "model": str(Path(val_split["model"]).resolve().relative_to(REPO)), "dtype": val_split.get("dtype"),
+                **{k: val_split.get(k) for k in ("data", "val_loss", "val_bpc", "val_tokens_scored")}},
             "corpus": json.loads((WORK / "report.json").read_text(encoding="utf-8")),
         })
     print(f"wrote {MODEL_OUT} ({(MODEL_OUT / 'model.safetensors').stat().st_size / 1e6:.1f} MB weights)")
@@ -202,6 +250,7 @@ def main() -> None:
     ap.add_argument("--tgz", type=Path, help="an already downloaded chinese-poetry-2.0.1.tgz")
     ap.add_argument("--run", type=Path, default=RUN, help="package: the run to ship (default: the train stage's)")
     ap.add_argument("--recipe", default="configs/tang-base.toml", help="package: the run's recipe, recorded")
+    ap.add_argument("--val-eval", type=Path, help="package: `aigc eval --out` JSON on the whole val split, recorded")
     args = ap.parse_args()
     if args.stage in (None, "corpus"):
         if args.tgz:
@@ -212,7 +261,7 @@ def main() -> None:
     if args.stage in (None, "train"):
         train()
     if args.stage in (None, "package"):
-        package(args.run, args.recipe)
+        package(args.run, args.recipe, args.val_eval)
 
 
 if __name__ == "__main__":

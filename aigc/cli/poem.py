@@ -35,6 +35,8 @@ def poem_arguments(p) -> None:
     p.add_argument("--repeats", action="store_true", help="allow a character twice in a poem (by default "
                    "only a reduplication such as 萧萧 repeats: regulated verse avoids 重字)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: keep the smallest set of allowed tokens whose "
+                   "probability reaches P (default: the model's)")
     p.add_argument("--json", action="store_true", help="one JSON object per candidate")
     add_runtime_flags(p)
 
@@ -64,7 +66,8 @@ def run_poem(args, overrides: list[str]) -> int:
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     form = tune_named(args.tune) if args.tune else form_named(args.form or "七言绝句")
     forbidden = forbidden_lines(form)
-    settings = tm.settings(temperature=args.temperature) if args.temperature is not None else None
+    changed = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
+    settings = tm.settings(**changed) if changed else None
     poems = write_poems(tm, theme, form, args.n, seed, args.acrostic, not args.strict, forbidden, settings,
                         args.repeats)
     for rank, p in enumerate(poems, 1):
