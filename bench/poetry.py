@@ -3,7 +3,7 @@ reranked, and real poems, all scored by the same checker.
 
     python bench/poetry.py [--model tang-base] [--poems 10] [--candidates 4] [--tgz chinese-poetry-2.0.1.tgz]
                            [--json bench/results/poetry.json] [--only FORM_OR_TUNE ...]
-                           [--temperature T] [--top-p P]     # (b) and (c) only; (a) keeps the model's
+                           [--temperature T] [--top-p P] [--plain-too]   # (b), (c); with --plain-too (a) too
 
 For each of 10 themes x 4 forms: ``--poems`` poems of (a) plain sampling with the model's defaults
 from the prompt "THEME\\n", cut to the form's number of lines; (b) constrained decoding
@@ -91,10 +91,12 @@ def body_score(tm, text: str) -> float:
     return sum(scored) / max(len(scored), 1)
 
 
-def plain(tm, title: str, lines_wanted: int, chars: int, n: int, seed: int, marks: str = "，。？！；") -> list[str]:
-    """(a): the model's own sampling from ``title``, the body cut after ``lines_wanted`` lines."""
+def plain(tm, title: str, lines_wanted: int, chars: int, n: int, seed: int, marks: str = "，。？！；",
+          settings=None) -> list[str]:
+    """(a): the model's own sampling from ``title`` (at ``settings``, default the model's), the body cut after
+    ``lines_wanted`` lines."""
     out = []
-    for text in tm.generate(title + "\n", n=n, seed=seed, max_new_tokens=min(chars + 8, 120)):
+    for text in tm.generate(title + "\n", n=n, seed=seed, max_new_tokens=min(chars + 8, 120), settings=settings):
         body, lines, end = text.split("\n", 1)[1] if "\n" in text else "", 0, 0
         for j, ch in enumerate(body):
             if ch in marks:
@@ -129,13 +131,14 @@ def score_row(tm, texts: list[str], judge, themes: list[str], lines_of, real: bo
 
 
 def generated_rows(tm, shape, title_of, themes: list[str], per_theme: int, candidates: int, lines_of,
-                   clauses: int, chars: int, settings=None) -> dict[str, list[str]]:
+                   clauses: int, chars: int, settings=None, plain_settings=None) -> dict[str, list[str]]:
     """(a) plain, (b) constrained, (c) reranked texts for ``per_theme`` poems on each theme; ``settings``
-    (a SampleConfig, default the model's) for (b) and (c) only: (a) always samples at the model's own."""
+    (a SampleConfig, default the model's) for (b) and (c), ``plain_settings`` for (a)."""
     rows = {"plain": [], "constrained": [], "reranked": []}
     for t, theme in enumerate(tqdm(themes, desc=shape.name)):
         seed = 1000 * t
-        rows["plain"] += plain(tm, title_of(theme), clauses, chars, per_theme, seed, "".join(_CI_MARKS))
+        rows["plain"] += plain(tm, title_of(theme), clauses, chars, per_theme, seed, "".join(_CI_MARKS),
+                               plain_settings)
         rows["constrained"] += [q["text"] for q in sorted(write_poems(tm, theme, shape, per_theme, seed,
                                                                       forbidden=lines_of, settings=settings),
                                                           key=lambda q: q["seed"])]
@@ -155,17 +158,20 @@ def main() -> None:
     p.add_argument("--tgz", default=None, help="chinese-poetry-2.0.1.tgz (default: npm pack it)")
     p.add_argument("--json", default="bench/results/poetry.json")
     p.add_argument("--only", nargs="+", help="only these forms or tunes, merged into --json's other rows")
-    p.add_argument("--temperature", type=float, help="constrained candidates only (default: the model's)")
-    p.add_argument("--top-p", type=float, help="constrained candidates only (default: the model's)")
+    p.add_argument("--temperature", type=float, help="constrained candidates; plain too with --plain-too (default: the model's)")
+    p.add_argument("--top-p", type=float, help="constrained candidates; plain too with --plain-too (default: the model's)")
+    p.add_argument("--plain-too", action="store_true", help="--temperature and --top-p for plain sampling too")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tm = aigc.load(args.model)
     settings = tm.settings(temperature=args.temperature, top_p=args.top_p)  # None: the model's own
+    plain_settings = settings if args.plain_too else tm.settings()
     with tempfile.TemporaryDirectory() as tmp:
         shi, ci = real_sets(corpus_tgz(args.tgz, tmp))
     result = {"model": args.model, "themes": THEMES, "tunes": TUNES, "poems_per_theme": args.poems,
               "candidates": args.candidates, "constrained_temperature": settings.temperature,
-              "constrained_top_p": settings.top_p, "rows": {}, "examples": {}}
+              "constrained_top_p": settings.top_p, "plain_temperature": plain_settings.temperature,
+              "plain_top_p": plain_settings.top_p, "rows": {}, "examples": {}}
     if args.only and Path(args.json).is_file():
         result = json.loads(Path(args.json).read_text(encoding="utf-8"))
     shapes = [(form, lambda th: th, args.poems, form.lines, form.lines * (form.chars + 1)) for form in FORMS.values()]
@@ -177,7 +183,7 @@ def main() -> None:
         is_shi = shape.name in FORMS
         lines_of = forbidden_lines(shape)
         rows = generated_rows(tm, shape, title_of, THEMES, per_theme, args.candidates, lines_of, clauses, chars,
-                              settings)
+                              settings, plain_settings)
         judge = (lambda x: check(x, shape)) if is_shi else (lambda x: check_ci(x, shape))
         themes = [th for th in THEMES for _ in range(per_theme)]
         out = {k: score_row(tm, v, judge, themes, lines_of) for k, v in rows.items()}
