@@ -178,14 +178,12 @@ def lineage(run: Path) -> list[dict]:
     chain: list[dict] = []
     upto = None  # the step a later run started from (a checkpoint's), None: the run's last
     while True:
-        last = {}
-        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if "train_loss" in row and (upto is None or row["step"] <= upto):
-                last = row
         if upto is None:  # the model is the run's latest checkpoint: its own state says where it stopped
             from aigc.folders import latest_checkpoint
             last = json.loads((latest_checkpoint(run) / "state.json").read_text(encoding="utf-8"))
+        else:  # a later run started from checkpoint step `upto`, maybe pruned since: its last metrics row
+            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+            last = ([r for r in rows if "train_loss" in r and r["step"] <= upto] or [{}])[-1]
         chain.append({"run": str(run.resolve().relative_to(REPO)), "steps": last.get("step"),
                       "wall_s": last.get("elapsed_s"), "cpu_s": last.get("cpu_s")})
         base = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))["train"].get("init_from", "")

@@ -66,8 +66,7 @@ def run_poem(args, overrides: list[str]) -> int:
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     form = tune_named(args.tune) if args.tune else form_named(args.form or "七言绝句")
     forbidden = forbidden_lines(form)
-    changed = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
-    settings = tm.settings(**changed) if changed else None
+    settings = tm.settings(temperature=args.temperature, top_p=args.top_p)  # a None keeps the model's own
     poems = write_poems(tm, theme, form, args.n, seed, args.acrostic, not args.strict, forbidden, settings,
                         args.repeats)
     for rank, p in enumerate(poems, 1):
