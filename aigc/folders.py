@@ -63,6 +63,18 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's folder name: ``step-NNNNNN`` (the step, six digits or more)."""
+    return f"step-{step:06d}"
+
+
+def checkpoint_step(folder: str | Path) -> int | None:
+    """The step of a checkpoint folder ``RUN/checkpoints/step-N``, or None for any other path."""
+    folder = Path(folder)
+    match = re.fullmatch(r"step-(\d+)", folder.name)
+    return int(match[1]) if match and folder.parent.name == "checkpoints" else None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run (named by ``checkpoints/latest``), or None.
 

@@ -172,14 +172,14 @@ def lineage(run: Path) -> list[dict]:
     taken at and its wall and CPU seconds to there (the run's metrics rows), followed back through
     ``train.init_from`` (a checkpoint or run folder, or the shipped ``tang-base``, whose own lineage is read
     from its metrics.json)."""
-    import re
     import tomllib
+
+    from aigc.folders import checkpoint_step, latest_checkpoint
 
     chain: list[dict] = []
     upto = None  # the step a later run started from (a checkpoint's), None: the run's last
     while True:
         if upto is None:  # the model is the run's latest checkpoint: its own state says where it stopped
-            from aigc.folders import latest_checkpoint
             last = json.loads((latest_checkpoint(run) / "state.json").read_text(encoding="utf-8"))
         else:  # a later run started from checkpoint step `upto`, maybe pruned since: its last metrics row
             rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -197,8 +197,7 @@ def lineage(run: Path) -> list[dict]:
         if not base:
             return chain[::-1]
         path = Path(base) if Path(base).is_absolute() else REPO / base
-        match = re.fullmatch(r"step-(\d+)", path.name)
-        upto = int(match[1]) if match and path.parent.name == "checkpoints" else None
+        upto = checkpoint_step(path)
         run = path.parent.parent if upto is not None else path
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import aigc
 from aigc.config import TrainConfig, load_config
+from aigc.folders import checkpoint_name, checkpoint_step
 from aigc.train.loop import lr_at
 from conftest import run_cli, tiny_config
 
@@ -32,6 +33,9 @@ def test_run_folder_has_everything(gpt_run):
                  "optimizer.safetensors", "state.json"):
         assert (latest / name).is_file(), name
     assert json.loads((latest / "config.json").read_text())["family"] == "gpt"
+    step = json.loads((latest / "state.json").read_text())["step"]
+    assert checkpoint_step(latest) == step and latest.name == checkpoint_name(step)
+    assert checkpoint_step(gpt_run) is None and checkpoint_step(gpt_run / "samples" / latest.name) is None
     info = json.loads((gpt_run / "run.json").read_text())
     assert info["seed"] == 1337 and info["torch"] == torch.__version__ and "git_commit" in info
     # the resolved config writes every default out and reloads to the same run

@@ -7,7 +7,10 @@
   Chat data is scored on assistant tokens only: loss per assistant token, bits per
   assistant character.
 - distinct-n (Li et al. 2016): distinct n-grams / all n-grams, pooled over samples;
-  n-grams of the model's tokens (characters for a character tokenizer).
+  n-grams of the model's tokens (characters for a character tokenizer). It falls as a sample
+  grows (a longer text repeats more), so sets of different sizes compare only after rarefaction:
+  the expected distinct share in a random subsample of the same number of n-grams (Sanders 1968,
+  Hurlbert 1971, from ecology's species counts; the size bias of distinct-n: Liu et al. 2022).
 - Repeated 4-gram share: the share of each sample's 4-grams that already occurred
   earlier in the same sample, pooled over samples (a degeneration measure in the
   spirit of Welleck et al. 2020).
@@ -67,6 +70,31 @@ def distinct_n(samples: list[list], n: int) -> float:
     """Distinct n-grams over all n-grams, pooled over ``samples`` (lists of tokens); 0 when there are none."""
     grams = [g for s in samples for g in ngrams(s, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def rarefied_distinct_n(samples: list[list], n: int, k: int) -> float:
+    """Expected distinct-n of ``k`` n-grams drawn without replacement from those pooled over ``samples``:
+    sum over distinct n-grams g of 1 - C(N - n_g, k) / C(N, k), divided by ``k`` (Hurlbert 1971, eq. 3),
+    with N n-grams in all, n_g of them g. Equals :func:`distinct_n` at ``k = N``.
+
+    Raises:
+        ValueError: ``k`` below 1 or above the number of n-grams.
+    """
+    counts: dict[tuple, int] = {}
+    for s in samples:
+        for g in ngrams(s, n):
+            counts[g] = counts.get(g, 0) + 1
+    total = sum(counts.values())
+    if not 1 <= k <= total:
+        raise ValueError(f"k={k}: expected 1 to the {total} {n}-grams of the samples")
+
+    def log_choose(a: int, b: int) -> float:
+        return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+    base = log_choose(total, k)
+    expected = sum(1.0 if total - c < k else 1.0 - math.exp(log_choose(total - c, k) - base)
+                   for c in counts.values())
+    return expected / k
 
 
 def repeated_ngram_share(samples: list[list], n: int = 4) -> float:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from aigc.atomic import atomic_dir, read_json, write_json, write_text
 from aigc.errors import AigcError
-from aigc.folders import checkpoint_dir
+from aigc.folders import checkpoint_dir, checkpoint_name
 from aigc.formats.model_folder import save_model_folder
 
 
@@ -37,7 +37,7 @@ def save_checkpoint(run_dir: Path, model, optimizers: dict[str, torch.optim.Opti
     data's terms, NOTICE.txt in the checkpoint's model folder.
     """
     ckpts = checkpoint_dir(run_dir)
-    name = f"step-{state['step']:06d}"
+    name = checkpoint_name(state["step"])
     tensors, groups = {}, {}
     for opt_name, optimizer in optimizers.items():
         opt = optimizer_states[opt_name] if optimizer_states is not None else optimizer.state_dict()
