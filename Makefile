@@ -75,7 +75,7 @@ music:
 		else echo "warning: no apt-get; rendering tunes to WAV needs fluidsynth and a General MIDI soundfont"; fi; \
 	fi
 
-# Fine-tune tang-base (the shipped base model) on the ci of Xin Qiji for about two minutes, then print
+# Fine-tune tang-base (the shipped base model) on the ci of Xin Qiji for 60 steps (about a minute), then print
 # for the same prompts and seeds the ci of the base model and of the fine-tuned one; then images from
 # prompts in English and Chinese by the shipped text-to-image diffusion model (color-fashion-t2i), and a
 # class-conditional DCGAN trained for one minute as the (rough) demonstration of image training.

@@ -6,9 +6,9 @@ Every row is scored by ``aigc eval`` on the same held-out 10% of the style set
 1234, tang-base's tokenizer), which tang-base never saw in pretraining:
 
 - ``tang-base``: the shipped base model as it is;
-- ``full``: every weight fine-tuned for MINUTES of wall time;
-- ``lora``: LoRA rank 8, alpha 16, on all seven linear layers of each block, same time;
-- ``scratch``: tang-base's architecture from random weights on the style set alone, same time.
+- ``full``: every weight fine-tuned for the recipe's steps (60), at most MINUTES of wall time;
+- ``lora``: LoRA rank 8, alpha 16, on all seven linear layers of each block, the same;
+- ``scratch``: tang-base's architecture from random weights on the style set alone, the same.
 
 Each training runs alone as its own process (``/usr/bin/time -f %M`` gives its peak
 resident memory) with both cores. Writes ``bench/results/finetune.json`` and prints a

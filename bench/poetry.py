@@ -3,10 +3,11 @@ reranked, and real poems, all scored by the same checker.
 
     python bench/poetry.py [--model tang-base] [--poems 10] [--candidates 4] [--tgz chinese-poetry-2.0.1.tgz]
                            [--json bench/results/poetry.json] [--only FORM_OR_TUNE ...]
-                           [--temperature T] [--top-p P] [--plain-too]   # (b), (c); with --plain-too (a) too
+                           [--temperature T] [--top-p P]   # (b), (c); (a) at these too when not the model's
 
 For each of 10 themes x 4 forms: ``--poems`` poems of (a) plain sampling with the model's defaults
-from the prompt "THEME\\n", cut to the form's number of lines; (b) constrained decoding
+from the prompt "THEME\\n", cut to the form's number of lines (and, when ``--temperature``/``--top-p``
+are not the model's, plain sampling at those too: row ``plain_same``); (b) constrained decoding
 (`aigc poem`, one candidate each); (c) constrained, the best of ``--candidates`` by the model's
 mean log-likelihood per character; and (d) real poems, which validate the checker: for shi the
 poems 《唐诗三百首》 (in chinese-poetry@2.0.1, npm) files under that form (an anthology's
@@ -15,9 +16,14 @@ that tune by poets other than Xin Qiji that follow the tune's pattern (sampled; 
 of ``check_ci(neighbours=True)`` were read off Xin Qiji's ci, so these validate them). Ci rows: 5 tunes x ``--poems`` themes, one ci per theme. Scored: form accuracy,
 rhyme accuracy and tone conformity (:func:`aigc.data.poetry.check`, 一三五不论), the share of
 lines found verbatim in the shipped corpus (for (d) the corpus without the poem itself),
-distinct-2 over each row's bodies, the share of body characters that repeat an earlier one of the
+distinct-2 over each row's bodies (raw, and rarefied to the smallest number of body bigrams among
+the row's generated sets, :func:`aigc.evaluate.text.rarefied_distinct_n`: raw distinct-2 rises as a
+set shrinks, and plain sampling often stops short), the mean body length, the share of body characters that repeat an earlier one of the
 same poem (重字, a 叠字 aside), theme presence (a character of the theme other than 的 in the
-body), and the mean log-likelihood per body character under the model.
+body) and theme-word presence (a two-character word of it: 秋天的落叶 -> 秋天 or 落叶), each beside
+how often the same bodies mention the run's other nine themes (chance: a theme steers only as far as
+its own words come more often than the others'), and the mean log-likelihood per body character
+under the model. Every generated text is kept in the JSON (``texts``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import aigc  # noqa: E402
 from aigc.atomic import write_json  # noqa: E402
 from aigc.data.poetry import _CI_MARKS, FORMS, check, check_ci, poem_lines, repeated_characters, tune_named  # noqa: E402
-from aigc.evaluate.text import distinct_n  # noqa: E402
+from aigc.evaluate.text import distinct_n, ngrams, rarefied_distinct_n  # noqa: E402
 from aigc.generate.poem import forbidden_lines, write_poems  # noqa: E402
 
 THEMES = ["秋天的落叶", "春风", "明月", "送别", "边塞", "江南", "思乡", "梅花", "登高", "夜雨"]
@@ -82,6 +88,11 @@ def real_sets(tgz: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     return shi, ci
 
 
+def body_of(text: str) -> str:
+    """The poem's body: everything after its title line ("" when there is none)."""
+    return text.split("\n", 1)[1] if "\n" in text else ""
+
+
 def body_score(tm, text: str) -> float:
     """Mean log-probability per body character (title is context; newlines not counted)."""
     title = text.split("\n", 1)[0]
@@ -97,7 +108,7 @@ def plain(tm, title: str, lines_wanted: int, chars: int, n: int, seed: int, mark
     ``lines_wanted`` lines."""
     out = []
     for text in tm.generate(title + "\n", n=n, seed=seed, max_new_tokens=min(chars + 8, 120), settings=settings):
-        body, lines, end = text.split("\n", 1)[1] if "\n" in text else "", 0, 0
+        body, lines, end = body_of(text), 0, 0
         for j, ch in enumerate(body):
             if ch in marks:
                 lines += 1
@@ -108,37 +119,55 @@ def plain(tm, title: str, lines_wanted: int, chars: int, n: int, seed: int, mark
     return out
 
 
+def mentions(body: str, theme: str, n: int = 1) -> bool:
+    """Whether ``body`` holds an n-character piece of ``theme`` (n=1: a character other than 的; n=2: a
+    word-sized bigram without 的, 秋天的落叶 -> 秋天, 落叶)."""
+    pieces = [theme[i:i + n] for i in range(len(theme) - n + 1)]
+    return any(p in body for p in pieces if "的" not in p)
+
+
 def score_row(tm, texts: list[str], judge, themes: list[str], lines_of, real: bool = False) -> dict:
     """The row's metrics; ``judge(text)`` is the checker's verdict for the row's form or tune."""
     verdicts = [judge(t) for t in texts]
-    bodies = [t.split("\n", 1)[1] if "\n" in t else "" for t in texts]
+    bodies = [body_of(t) for t in texts]
     copied = total = 0
     for t in texts:
         for line in poem_lines(t, marks="".join(_CI_MARKS))[1]:
             if line:
                 total += 1
                 copied += line[-1] in lines_of.get(line[:-1], ())
-    present = [any(c in b for c in theme if c != "的") for b, theme in zip(bodies, themes)]
+    present = [mentions(b, theme) for b, theme in zip(bodies, themes)]
+    words = [mentions(b, theme, 2) for b, theme in zip(bodies, themes)]
+    others = sorted(set(themes))  # chance: how often a body mentions the other themes of the run
+    def chance(n: int) -> float | None:
+        pairs = [(b, o) for b, theme in zip(bodies, themes) for o in others if o != theme]
+        return None if real or not pairs else sum(mentions(b, o, n) for b, o in pairs) / len(pairs)
     return {"poems": len(texts), "form": sum(v.form_ok for v in verdicts) / len(texts),
             "rhyme": sum(v.rhyme_ok for v in verdicts) / len(texts),
             "tone": sum(v.tone for v in verdicts) / len(texts),
             "copied_lines": None if real else copied / max(total, 1),  # real poems are the corpus
             "distinct_2": distinct_n([list(b) for b in bodies], 2),
+            "bigrams": sum(len(ngrams(list(b), 2)) for b in bodies),
+            "body_chars": sum(len(b.replace("\n", "")) for b in bodies) / len(texts),
             "repeated_chars": sum(len(repeated_characters(t, "".join(_CI_MARKS))) for t in texts)
             / max(sum(sum(map(len, poem_lines(t, "".join(_CI_MARKS))[1])) for t in texts), 1),
-            "theme_presence": sum(present) / len(texts),
+            "theme_presence": sum(present) / len(texts), "theme_presence_other_themes": chance(1),
+            "theme_word_presence": sum(words) / len(texts), "theme_word_presence_other_themes": chance(2),
             "loglik_per_char": sum(body_score(tm, t) for t in texts) / len(texts)}
 
 
 def generated_rows(tm, shape, title_of, themes: list[str], per_theme: int, candidates: int, lines_of,
                    clauses: int, chars: int, settings=None, plain_settings=None) -> dict[str, list[str]]:
     """(a) plain, (b) constrained, (c) reranked texts for ``per_theme`` poems on each theme; ``settings``
-    (a SampleConfig, default the model's) for (b) and (c), ``plain_settings`` for (a)."""
-    rows = {"plain": [], "constrained": [], "reranked": []}
+    (a SampleConfig) for (b) and (c), the model's own for (a), and ``plain_settings`` (when not None) for
+    (a) again as row ``plain_same``."""
+    rows = {"plain": [], "plain_same": [], "constrained": [], "reranked": []}
     for t, theme in enumerate(tqdm(themes, desc=shape.name)):
         seed = 1000 * t
-        rows["plain"] += plain(tm, title_of(theme), clauses, chars, per_theme, seed, "".join(_CI_MARKS),
-                               plain_settings)
+        rows["plain"] += plain(tm, title_of(theme), clauses, chars, per_theme, seed, "".join(_CI_MARKS))
+        if plain_settings is not None:
+            rows["plain_same"] += plain(tm, title_of(theme), clauses, chars, per_theme, seed, "".join(_CI_MARKS),
+                                        plain_settings)
         rows["constrained"] += [q["text"] for q in sorted(write_poems(tm, theme, shape, per_theme, seed,
                                                                       forbidden=lines_of, settings=settings),
                                                           key=lambda q: q["seed"])]
@@ -146,7 +175,7 @@ def generated_rows(tm, shape, title_of, themes: list[str], per_theme: int, candi
             best = write_poems(tm, theme, shape, candidates, seed + 100 + k * candidates, forbidden=lines_of,
                                settings=settings)[0]
             rows["reranked"].append(best["text"])
-    return rows
+    return {k: v for k, v in rows.items() if v}
 
 
 def main() -> None:
@@ -158,20 +187,20 @@ def main() -> None:
     p.add_argument("--tgz", default=None, help="chinese-poetry-2.0.1.tgz (default: npm pack it)")
     p.add_argument("--json", default="bench/results/poetry.json")
     p.add_argument("--only", nargs="+", help="only these forms or tunes, merged into --json's other rows")
-    p.add_argument("--temperature", type=float, help="constrained candidates; plain too with --plain-too (default: the model's)")
-    p.add_argument("--top-p", type=float, help="constrained candidates; plain too with --plain-too (default: the model's)")
-    p.add_argument("--plain-too", action="store_true", help="--temperature and --top-p for plain sampling too")
+    p.add_argument("--temperature", type=float, help="constrained candidates (default: the model's)")
+    p.add_argument("--top-p", type=float, help="constrained candidates (default: the model's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tm = aigc.load(args.model)
     settings = tm.settings(temperature=args.temperature, top_p=args.top_p)  # None: the model's own
-    plain_settings = settings if args.plain_too else tm.settings()
+    own = tm.settings()
+    plain_settings = None if (settings.temperature, settings.top_p) == (own.temperature, own.top_p) else settings
     with tempfile.TemporaryDirectory() as tmp:
         shi, ci = real_sets(corpus_tgz(args.tgz, tmp))
     result = {"model": args.model, "themes": THEMES, "tunes": TUNES, "poems_per_theme": args.poems,
               "candidates": args.candidates, "constrained_temperature": settings.temperature,
-              "constrained_top_p": settings.top_p, "plain_temperature": plain_settings.temperature,
-              "plain_top_p": plain_settings.top_p, "rows": {}, "examples": {}}
+              "constrained_top_p": settings.top_p, "plain_temperature": own.temperature,
+              "plain_top_p": own.top_p, "rows": {}, "examples": {}}
     if args.only and Path(args.json).is_file():
         result = json.loads(Path(args.json).read_text(encoding="utf-8"))
     shapes = [(form, lambda th: th, args.poems, form.lines, form.lines * (form.chars + 1)) for form in FORMS.values()]
@@ -187,6 +216,9 @@ def main() -> None:
         judge = (lambda x: check(x, shape)) if is_shi else (lambda x: check_ci(x, shape))
         themes = [th for th in THEMES for _ in range(per_theme)]
         out = {k: score_row(tm, v, judge, themes, lines_of) for k, v in rows.items()}
+        k2 = min(r["bigrams"] for r in out.values())
+        for k, v in rows.items():
+            out[k]["distinct_2_rarefied"] = rarefied_distinct_n([list(body_of(t)) for t in v], 2, k2)
         filed = [d for d in (shi if is_shi else ci).get(shape.name, []) if not tm.tokenizer.missing_characters([d])]
         real = [d for d in filed if judge(d).form_ok]
         form_of_filed = len(real) / max(len(filed), 1)
@@ -194,6 +226,10 @@ def main() -> None:
             real = random.Random(0).sample(real, min(len(real), 100))  # the checker's validation: 100 real ci
         out["real"] = score_row(tm, real, judge, [d.split("\n", 1)[0] for d in real], lines_of, real=True)
         out["real"]["filed"], out["real"]["form_of_filed"] = len(filed), form_of_filed
+        real_bodies = [list(body_of(d)) for d in real]
+        out["real"]["distinct_2_rarefied"] = (rarefied_distinct_n(real_bodies, 2, k2)
+                                              if out["real"]["bigrams"] >= k2 else None)
+        out["rarefied_to_bigrams"] = k2
         if not is_shi:
             out["real"]["rhyme_neighbours"] = sum(check_ci(d, shape, neighbours=True).rhyme_ok
                                                   for d in real) / max(len(real), 1)
@@ -201,6 +237,7 @@ def main() -> None:
                                "Song ci of this tune, not Xin Qiji's, that follow the pattern (sampled)")
         result["rows"][shape.name] = out
         result["examples"][shape.name] = rows["reranked"][:2]
+        result.setdefault("texts", {})[shape.name] = rows
         print(shape.name, json.dumps(out, ensure_ascii=False), flush=True)
         write_json(args.json, result)
 

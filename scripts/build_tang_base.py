@@ -34,10 +34,11 @@ Stages (run all with no argument, or name one):
     run's last val estimate, every run behind it with its steps and time, and with
     ``--val-eval`` the score on the whole val split). The tang-base shipped since
     2026-12-04 is ``configs/tang-base.toml``'s run continued by
-    ``configs/tang-base-long.toml``::
+    ``configs/tang-base-long.toml`` and fine-tuned by ``configs/tang-theme.toml``
+    (on ``scripts/build_theme_pairs.py``'s pairs)::
 
-        python scripts/build_tang_base.py package --run runs/tang-base-long \
-            --recipe configs/tang-base-long.toml --val-eval bench/results/tang-val-shipped-long.json
+        python scripts/build_tang_base.py package --run runs/tang-theme \
+            --recipe configs/tang-theme.toml --val-eval bench/results/tang-val-shipped-theme.json
 
 Rebuild the first tang-base: ``python scripts/build_tang_base.py`` (about 90 minutes on 2 CPU cores,
 the training being 80 of them). Needs ``npm`` and the ``opencc`` package.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ def test_shipped_in_half_precision_under_30_mb():
     with safe_open(str(weights), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     metrics = json.loads((FOLDER / "metrics.json").read_text(encoding="utf-8"))
-    assert [r["run"] for r in metrics["lineage"]] == ["runs/tang-base", "runs/tang-base-long"]
-    assert metrics["recipe"] == "configs/tang-base-long.toml" and all(r["steps"] > 0 for r in metrics["lineage"])
+    assert [r["run"] for r in metrics["lineage"]] == ["runs/tang-base", "runs/tang-base-long", "runs/tang-theme"]
+    assert metrics["recipe"] == "configs/tang-theme.toml" and all(r["steps"] > 0 for r in metrics["lineage"])
     # issue 16's target, as measured on the pretraining corpus's whole val split (2,900 held-out poems)
     scored = metrics["val_split_eval"]
     assert scored["val_tokens_scored"] == 200_160 and scored["val_bpc"] <= 6.0
@@ -63,3 +64,10 @@ def test_finetune_config_reports_the_characters_tang_base_lacks(tmp_path):
     assert "the vocabulary lacks" in r.stderr and "documents holding them" in r.stderr
     r = run_cli("sample", str(tmp_path / "ft"), "--prompt", "西江月", "--max-new-tokens", "20", "--seed", "0")
     assert r.returncode == 0 and r.stdout.startswith("西江月")
+    # scoring the shipped model writes beside the user, never into the installed package
+    config = Path(__file__).resolve().parents[1] / "configs" / "xin-qiji-finetune.toml"
+    r = run_cli("eval", "tang-base", "--config", str(config), f"--data.prepared_dir={tmp_path / 'prepared'}",
+                "--max-tokens", "256", "--samples", "1", "--max-new-tokens", "2", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "eval-tang-base.json").read_text())["val_tokens_scored"] == 256
+    assert not (FOLDER / "eval.json").exists()

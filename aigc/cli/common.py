@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from aigc.errors import AigcError
 from aigc.runtime import set_threads
@@ -52,6 +53,17 @@ def add_runtime_flags(p: argparse.ArgumentParser, compile_flag: bool = False) ->
 def sampling_overrides(args: argparse.Namespace) -> dict:
     """The sampling settings the command line set (None for those it left to the model)."""
     return {name: getattr(args, name, None) for name in SAMPLING_FLAGS}
+
+
+def eval_out(out: str | None, folder, name: str = "eval.json") -> Path:
+    """Where an evaluation's JSON goes: ``--out``, else ``folder/name`` (the run or model folder), except for
+    a model shipped with aigc, whose folder is part of the installed package: then ``name`` with the
+    model's name added, in the current folder (``eval-tang-base.json``)."""
+    if out:
+        return Path(out)
+    from aigc.folders import BUILTIN_MODELS
+    shipped = {p.resolve(): n for n, p in BUILTIN_MODELS.items()}.get(Path(folder).resolve())
+    return Path(f"{Path(name).stem}-{shipped}.json") if shipped else Path(folder) / name
 
 
 def threads(n: int) -> None:

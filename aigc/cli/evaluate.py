@@ -12,8 +12,8 @@ from tqdm import tqdm
 from aigc.api import load
 from aigc.atomic import check_target, write_json
 from aigc.cli.music import eval_music
-from aigc.cli.common import (add_runtime_flags, add_sampling_flags, check_seed, model_and_config, sampling_overrides,
-                              threads)
+from aigc.cli.common import (add_runtime_flags, add_sampling_flags, check_seed, eval_out, model_and_config,
+                             sampling_overrides, threads)
 from aigc.data.prepared import ensure_prepared, use_base_tokenizer
 from aigc.errors import AigcError
 from aigc.evaluate.code import TASKS, load_problems, reference_completions, score
@@ -38,7 +38,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=0,
                    help="score at most this many val tokens (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
-    p.add_argument("--out", help="JSON output path (default: RUN/eval.json)")
+    p.add_argument("--out", help="JSON output path (default: RUN/eval.json, or MODEL/eval.json; for a model shipped "
+                   "with aigc eval-NAME.json in the current folder, never inside the installed package)")
     p.add_argument("--images", type=int, help="image models: generated images to score (default: 10000; text-to-image: "
                    "2000, half over the table's 16 cells of 10 prompts, half for FD)")
     add_sampling_flags(p, title="sampling of the diversity samples and code completions (unset: the model's "
@@ -100,7 +101,7 @@ def run_eval(args, overrides: list[str]) -> int:
     results.update(diversity_metrics(samples))
     results.update({"samples": args.samples, "sample_max_new_tokens": settings.max_new_tokens,
                     "sample_settings": dataclasses.asdict(settings), "seed": args.seed})
-    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
+    out = eval_out(args.out, run_dir or model.folder)
     write_json(out, results)
     _table([(f"val loss (nats/{scored}token)", results["val_loss"]), ("val perplexity", results["val_perplexity"]),
             (f"val bits per {scored}character", results["val_bpc"]),
@@ -164,8 +165,7 @@ def _eval_code(args) -> int:
             raise AigcError(f"--task {task} needs a run or model folder (or --solutions canonical|empty)")
         completions, made = _completions(args, problems)
         results.update(made)
-        out = Path(args.out) if args.out else (run_of(args.model, made["model"]) or Path(made["model"])) / \
-            f"eval-{task}.json"
+        out = eval_out(args.out, run_of(args.model, made["model"]) or made["model"], f"eval-{task}.json")
     n = len(completions[0])
     ks = [k for k in (args.k or [1, 10]) if k <= n] or [1]
     results.update(score(problems, completions, ks, args.timeout, args.memory_mb, unsafe_no_sandbox=args.unsafe_no_sandbox,
@@ -211,7 +211,7 @@ def _eval_images(model: ImageModel, cfg, args, run_dir: Path | None) -> int:
               f"chance {1 / len(res['class_accuracy']):.2f}):")
         for name, acc in res["class_accuracy"].items():
             print(f"  {name:14s} {acc:.3f}")
-    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
+    out = eval_out(args.out, run_dir or model.folder)
     write_json(out, res)
     print(f"written to {out}")
     return 0
@@ -241,7 +241,7 @@ def _eval_text_to_image(model: ImageModel, cfg, args, run_dir: Path | None) -> i
           f"{f['precision']:.3f}, recall {f['recall']:.3f}, class {f['class_accuracy']:.3f}, colour "
           f"{f['colour_accuracy']:.3f}; the real val images: class {real['class_accuracy']:.3f}, colour "
           f"{real['colour_accuracy']:.3f}")
-    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval.json"
+    out = eval_out(args.out, run_dir or model.folder)
     write_json(out, res)
     print(f"written to {out}")
     return 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from aigc.atomic import check_target, write_json
-from aigc.cli.common import check_seed, model_and_config, sampling_overrides
+from aigc.cli.common import check_seed, eval_out, model_and_config, sampling_overrides
 from aigc.data.abc import header_text, parse_header
 from aigc.data.music import TERMS
 from aigc.data.shards import split_corpus
@@ -105,7 +105,7 @@ def eval_music(args, overrides: list[str]) -> int:
     results = {"model": str(model.folder), "task": "music", "samples": args.samples, "seed": args.seed,
                "reference_tunes": len(reference), "train_tunes": len(train), "rows": rows, "terms": TERMS,
                "examples": tunes[:3]}
-    out = Path(args.out) if args.out else (run_dir or model.folder) / "eval-music.json"
+    out = eval_out(args.out, run_dir or model.folder, "eval-music.json")
     write_json(out, results)
     names = list(rows)
     print(f"{'metric':<28}" + "".join(f"{n:>26}" for n in names))
