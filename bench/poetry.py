@@ -18,7 +18,8 @@ rhyme accuracy and tone conformity (:func:`aigc.data.poetry.check`, 一三五不
 lines found verbatim in the shipped corpus (for (d) the corpus without the poem itself),
 distinct-2 over each row's bodies (raw, and rarefied to the smallest number of body bigrams among
 the row's generated sets, :func:`aigc.evaluate.text.rarefied_distinct_n`: raw distinct-2 rises as a
-set shrinks, and plain sampling often stops short), the mean body length, the share of body characters that repeat an earlier one of the
+set shrinks, and plain sampling often stops short; and theme by theme against plain sampling at the
+same settings, :func:`within_theme`), the mean body length, the share of body characters that repeat an earlier one of the
 same poem (重字, a 叠字 aside), theme presence (a character of the theme other than 的 in the
 body) and theme-word presence (a two-character word of it: 秋天的落叶 -> 秋天 or 落叶), each beside
 how often the same bodies mention the run's other nine themes (chance: a theme steers only as far as
@@ -32,6 +33,7 @@ import argparse
 import json
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -124,6 +126,22 @@ def mentions(body: str, theme: str, n: int = 1) -> bool:
     word-sized bigram without 的, 秋天的落叶 -> 秋天, 落叶)."""
     pieces = [theme[i:i + n] for i in range(len(theme) - n + 1)]
     return any(p in body for p in pieces if "的" not in p)
+
+
+def within_theme(rows: dict[str, list[str]], per_theme: int) -> dict[str, list[float]]:
+    """Each generated row's distinct-2 minus plain sampling's at the same settings (``plain_same`` when the
+    run has it), theme by theme: the ``per_theme`` bodies of one theme, all rows rarefied to the fewest
+    bigrams among them, so a row is compared with plain sampling on the same prompt. Returns the
+    [mean, standard error] of the differences over the themes, per row."""
+    base = "plain_same" if "plain_same" in rows else "plain"
+    diffs: dict[str, list[float]] = {k: [] for k in rows if k not in ("plain", base)}
+    for start in range(0, len(rows[base]), per_theme):
+        groups = {k: [list(body_of(t)) for t in v[start:start + per_theme]] for k, v in rows.items()}
+        k2 = min(sum(len(ngrams(g, 2)) for g in group) for group in groups.values())
+        plain_d2 = rarefied_distinct_n(groups[base], 2, k2)
+        for k in diffs:
+            diffs[k].append(rarefied_distinct_n(groups[k], 2, k2) - plain_d2)
+    return {k: [statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5] for k, d in diffs.items() if len(d) > 1}
 
 
 def score_row(tm, texts: list[str], judge, themes: list[str], lines_of, real: bool = False) -> dict:
@@ -230,6 +248,8 @@ def main() -> None:
         out["real"]["distinct_2_rarefied"] = (rarefied_distinct_n(real_bodies, 2, k2)
                                               if out["real"]["bigrams"] >= k2 else None)
         out["rarefied_to_bigrams"] = k2
+        for k, v in (within_theme(rows, per_theme) if per_theme > 1 else {}).items():  # ci: one per theme
+            out[k]["distinct_2_within_theme_minus_plain"] = v
         if not is_shi:
             out["real"]["rhyme_neighbours"] = sum(check_ci(d, shape, neighbours=True).rhyme_ok
                                                   for d in real) / max(len(real), 1)
