@@ -299,10 +299,14 @@ class _Run:
         self.bar = bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step",
                               disable=not progress or not self.ranks.main, dynamic_ncols=True, file=sys.stderr)
         window_items, window_start = 0, time.time()
+
+        def used() -> float:  # the time the limit counts, the same on every rank (limit and learning rate)
+            own = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
+            return agree([own], [], self.ranks)[0][0]
+
+        elapsed = used()
         with StopFlag() as stop:
             while step < t.max_steps:
-                elapsed = time.time() - start_time if t.time_limit == "wall" else time.process_time() - start_cpu
-                (elapsed,), _ = agree([elapsed], [], self.ranks)  # every rank the same limit and learning rate
                 if limit_s and elapsed >= limit_s:  # 1)
                     if self.ranks.main:
                         again = (f"; the limit counts the whole run, resumes included: to go on, resume with "
@@ -322,6 +326,8 @@ class _Run:
                 self.check_finite(row, step)
                 state["step"], state[unit] = step, state[unit] + items_per_step
                 state["elapsed_s"], state["cpu_s"] = time.time() - start_time, time.process_time() - start_cpu
+                elapsed = used()  # what the checkpoints of this step record: a run stopped by the limit resumes over it
+                state["elapsed_s" if t.time_limit == "wall" else "cpu_s"] = elapsed
                 window_items += items_per_step
                 bar.update(1)
                 if step % t.log_interval == 0 or step == t.max_steps:  # 4)
