@@ -138,8 +138,10 @@ def test_poem_bad_input(tang, capsys):
         write_poems(tang, "春", "五绝", acrostic="春𠀋秋冬")
     with pytest.raises(AigcError, match="5 characters; a 五言绝句 has 4 lines"):
         write_poems(tang, "春", "五绝", acrostic="春夏秋冬雪")
-    with pytest.raises(AigcError, match="the model's context is"):
+    with pytest.raises(AigcError, match="theme of 120 characters: with a 七言律诗 it needs 190 tokens; the model's context is 128"):
         write_poems(tang, "春" * 120, "七律")
+    with pytest.raises(AigcError, match="theme of 300 characters: with a 七言绝句 it needs 336 tokens"):  # counted whole, not cropped
+        write_poems(tang, "秋" * 300, "七绝")
     with pytest.raises(AigcError, match="no tonal template of the 五言绝句 fits"):
         write_poems(tang, "春", "五绝", acrostic="一十白月", lenient=False)  # all 仄 first characters, strict
     for args, message in [(["--theme", "春", "--form", "六绝"], "form '六绝': expected one of"),

@@ -35,6 +35,7 @@ from aigc.data.rhyme import PING, rhyme_tables
 from aigc.data.sources import DATASETS, jsonl_documents
 from aigc.errors import AigcError
 from aigc.generate.logprobs import RequestHook
+from aigc.generate.text import PromptTooLong
 
 
 def _is_cjk(ch: str) -> bool:
@@ -344,11 +345,13 @@ def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int =
     plan = plan_poem(form, n, seed, acrostic, lenient, forbidden, vocab, repeats)
     state = PoemState(vocab, plan)
     title = theme.strip() if isinstance(form, Form) else f"{form.name}·{theme.strip()}"
-    prompt = tm.encode(title + "\n").ids
     room = tm.model.context_length
-    if room is not None and len(prompt) + len(state.slots) > room:
-        raise AigcError(f"theme of {len(title)} characters: with a {form.name} it needs {len(prompt) + len(state.slots)} "
-                        f"tokens; the model's context is {room}")
+    try:  # counted whole: a theme the context would crop is refused, not cut
+        prompt = tm.encode(title + "\n", limit=None if room is None else room - len(state.slots)).ids
+    except PromptTooLong as e:
+        need = f"{e.tokens + len(state.slots)} tokens" if e.tokens is not None else f"more than {room} tokens"
+        raise AigcError(f"theme of {len(title)} characters: with a {form.name} it needs {need}; the model's context "
+                        f"is {room}") from None
     settings = settings or tm.settings()
     settings = SampleConfig(**{**settings.__dict__, "max_new_tokens": len(state.slots), "logprobs": False})
     hook = RequestHook(n, None, grammar=state)
