@@ -128,6 +128,13 @@ def mentions(body: str, theme: str, n: int = 1) -> bool:
     return any(p in body for p in pieces if "的" not in p)
 
 
+def rarefied_together(groups: dict[str, list[str]]) -> dict[str, float]:
+    """Each group's distinct-2 over its texts' bodies, all rarefied to the fewest body bigrams among them."""
+    bodies = {k: [list(body_of(t)) for t in v] for k, v in groups.items()}
+    k2 = min(sum(len(ngrams(b, 2)) for b in group) for group in bodies.values())
+    return {k: rarefied_distinct_n(group, 2, k2) for k, group in bodies.items()}
+
+
 def within_theme(rows: dict[str, list[str]], per_theme: int) -> dict[str, list[float]]:
     """Each generated row's distinct-2 minus plain sampling's at the same settings (``plain_same`` when the
     run has it), theme by theme: the ``per_theme`` bodies of one theme, all rows rarefied to the fewest
@@ -136,11 +143,9 @@ def within_theme(rows: dict[str, list[str]], per_theme: int) -> dict[str, list[f
     base = "plain_same" if "plain_same" in rows else "plain"
     diffs: dict[str, list[float]] = {k: [] for k in rows if k not in ("plain", base)}
     for start in range(0, len(rows[base]), per_theme):
-        groups = {k: [list(body_of(t)) for t in v[start:start + per_theme]] for k, v in rows.items()}
-        k2 = min(sum(len(ngrams(g, 2)) for g in group) for group in groups.values())
-        plain_d2 = rarefied_distinct_n(groups[base], 2, k2)
+        d2 = rarefied_together({k: v[start:start + per_theme] for k, v in rows.items()})
         for k in diffs:
-            diffs[k].append(rarefied_distinct_n(groups[k], 2, k2) - plain_d2)
+            diffs[k].append(d2[k] - d2[base])
     return {k: [statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5] for k, d in diffs.items() if len(d) > 1}
 
 
@@ -235,8 +240,8 @@ def main() -> None:
         themes = [th for th in THEMES for _ in range(per_theme)]
         out = {k: score_row(tm, v, judge, themes, lines_of) for k, v in rows.items()}
         k2 = min(r["bigrams"] for r in out.values())
-        for k, v in rows.items():
-            out[k]["distinct_2_rarefied"] = rarefied_distinct_n([list(body_of(t)) for t in v], 2, k2)
+        for k, d2 in rarefied_together(rows).items():
+            out[k]["distinct_2_rarefied"] = d2
         filed = [d for d in (shi if is_shi else ci).get(shape.name, []) if not tm.tokenizer.missing_characters([d])]
         real = [d for d in filed if judge(d).form_ok]
         form_of_filed = len(real) / max(len(filed), 1)

@@ -184,6 +184,7 @@ def test_the_server_and_chat_keep_the_form_asked_for(tang):
     poem = r.json()["choices"][0]["message"]["content"]
     assert check(poem, "七绝").ok and [x[0] for x in poem_lines(poem)[1][:2]] == ["春", "风"], poem
     for bad, param in (({"form": "六绝"}, "form"), ({"acrostic": "春𠀋"}, "acrostic"), ({"theme": "春𠀋"}, "theme"),
+                       ({"theme": "秋" * 120}, "theme"),  # longer than the context leaves: refused before it is queued
                        ({"tunes": "西江月"}, "tunes"), ({"": 1}, "")):
         r = c.post("/v1/poems", json={"model": "poems", "theme": "秋", **bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from aigc.errors import AigcError
+from aigc.folders import BUILTIN_MODELS
 from aigc.runtime import set_threads
 
 SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "presence_penalty",
@@ -61,7 +62,6 @@ def eval_out(out: str | None, folder, name: str = "eval.json") -> Path:
     model's name added, in the current folder (``eval-tang-base.json``)."""
     if out:
         return Path(out)
-    from aigc.folders import BUILTIN_MODELS
     shipped = {p.resolve(): n for n, p in BUILTIN_MODELS.items()}.get(Path(folder).resolve())
     return Path(f"{Path(name).stem}-{shipped}.json") if shipped else Path(folder) / name
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
@@ -80,10 +81,7 @@ def rarefied_distinct_n(samples: list[list], n: int, k: int) -> float:
     Raises:
         ValueError: ``k`` below 1 or above the number of n-grams.
     """
-    counts: dict[tuple, int] = {}
-    for s in samples:
-        for g in ngrams(s, n):
-            counts[g] = counts.get(g, 0) + 1
+    counts = collections.Counter(g for s in samples for g in ngrams(s, n))
     total = sum(counts.values())
     if not 1 <= k <= total:
         raise ValueError(f"k={k}: expected 1 to the {total} {n}-grams of the samples")

@@ -326,6 +326,28 @@ def plan_poem(form: Form | Tune | str, n: int, seed: int, acrostic: str = "", le
                     repeats=repeats)
 
 
+def poem_title(form: Form | Tune, theme: str) -> str:
+    """A poem's title line: the theme, or ``TUNE·THEME`` for a ci."""
+    return theme.strip() if isinstance(form, Form) else f"{form.name}·{theme.strip()}"
+
+
+def poem_prompt(tm, form: Form | Tune, theme: str, slots: int) -> list[int]:
+    """The prompt ids of a poem titled ``theme`` (a ci's title line is ``TUNE·THEME``), its line break included.
+
+    Raises:
+        AigcError: a title that leaves the model's context less than the poem's ``slots`` tokens, with the
+            whole count (a theme the context would crop is refused, not cut).
+    """
+    title = poem_title(form, theme)
+    room = tm.model.context_length
+    try:
+        return tm.encode(title + "\n", limit=None if room is None else room - slots).ids
+    except PromptTooLong as e:
+        need = f"{e.tokens + slots} tokens" if e.tokens is not None else f"more than {room} tokens"
+        raise AigcError(f"theme of {len(title)} characters: with a {form.name} it needs {need}; the model's context "
+                        f"is {room}") from None
+
+
 def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int = 0, acrostic: str = "",
                 lenient: bool = True, forbidden: dict[str, set[str]] | None = None,
                 settings: SampleConfig | None = None, repeats: bool = False) -> list[dict]:
@@ -344,14 +366,7 @@ def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int =
     vocab = poem_vocabulary(tm)
     plan = plan_poem(form, n, seed, acrostic, lenient, forbidden, vocab, repeats)
     state = PoemState(vocab, plan)
-    title = theme.strip() if isinstance(form, Form) else f"{form.name}·{theme.strip()}"
-    room = tm.model.context_length
-    try:  # counted whole: a theme the context would crop is refused, not cut
-        prompt = tm.encode(title + "\n", limit=None if room is None else room - len(state.slots)).ids
-    except PromptTooLong as e:
-        need = f"{e.tokens + len(state.slots)} tokens" if e.tokens is not None else f"more than {room} tokens"
-        raise AigcError(f"theme of {len(title)} characters: with a {form.name} it needs {need}; the model's context "
-                        f"is {room}") from None
+    prompt = poem_prompt(tm, form, theme, len(state.slots))
     settings = settings or tm.settings()
     settings = SampleConfig(**{**settings.__dict__, "max_new_tokens": len(state.slots), "logprobs": False})
     hook = RequestHook(n, None, grammar=state)
@@ -364,7 +379,7 @@ def write_poems(tm, theme: str, form: Form | Tune | str, n: int = 4, seed: int =
             break
     out = []
     for i, body in enumerate(bodies):
-        text = title + "\n" + "".join(vocab.texts[t] for t in body)
+        text = poem_title(form, theme) + "\n" + "".join(vocab.texts[t] for t in body)
         scored = tm.score(text)[len(prompt) - 1:]  # the body's tokens (the title is context)
         chars = [e for e in scored if e.token != vocab.ids["\n"]]
         score = sum(e.logprob for e in chars) / max(len(chars), 1)

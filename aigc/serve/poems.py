@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 
 from aigc.data.poetry import parse_instruction
 from aigc.errors import AigcError
-from aigc.generate.poem import forbidden_lines, plan_poem, poem_vocabulary, shape_named, write_poems
+from aigc.generate.poem import (PoemState, forbidden_lines, plan_poem, poem_prompt, poem_vocabulary, shape_named,
+                                write_poems)
 from aigc.generate.text import TextModel
 from aigc.serve import protocol as P
 from aigc.serve.errors import APIError
@@ -36,8 +37,9 @@ async def run_poems(request: Request, served: Served, tm: TextModel, theme: str,
     check_seed(seed, n)
     seed = secrets.randbelow(2**31) if seed is None else seed
     try:  # every input checked before the job is queued: a one-poem dry plan
-        tm.encode(theme + "\n")
-        plan_poem(shape, 1, seed, acrostic, not strict, None, poem_vocabulary(tm))
+        vocab = poem_vocabulary(tm)
+        poem_prompt(tm, shape, theme, len(PoemState(vocab, plan_poem(shape, 1, seed, acrostic, not strict, None,
+                                                                     vocab)).slots))
     except AigcError as e:
         raise APIError(400, str(e), param="acrostic" if "acrostic" in str(e) else "theme") from None
     poems = await run_job(request, served, lambda: write_poems(tm, theme, shape, n, seed, acrostic, not strict,
